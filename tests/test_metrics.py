@@ -209,3 +209,26 @@ def test_problem_score_is_delta_m_against_nominal_references(variant):
     score = problem.score(metrics, problem.task_names)
     assert score == pytest.approx(expected)
     assert score == pytest.approx(delta_m(metrics, reference, hib, problem.task_names))
+
+
+def test_accumulator_adds_vector_statistics_and_applies_the_metric_reduction():
+    """Tensor statistics (e.g. per-class intersections and unions) add up over batches and
+    the metric's own ``reduce`` turns them into one value: here a per-class recall averaged
+    over the classes present, which is not a mean of per-batch values."""
+    import torch
+
+    from trainables.metrics import MetricAccumulator, MetricSpec
+
+    def per_class(pred: torch.Tensor, target: torch.Tensor):
+        hits = torch.bincount(target[pred == target], minlength=3).double()
+        return hits, torch.bincount(target, minlength=3).double()
+
+    def mean_recall(hits, totals) -> float:
+        present = totals > 0
+        return float((hits[present] / totals[present]).mean())
+
+    acc = MetricAccumulator({"seg": (MetricSpec("recall", True, per_class, mean_recall),)})
+    acc.update({"seg": torch.tensor([0, 0, 1])}, {"seg": torch.tensor([0, 1, 1])})  # class 0: 1/1, class 1: 1/2
+    acc.update({"seg": torch.tensor([1, 2])}, {"seg": torch.tensor([1, 1])})  # class 1: +1/2 -> 2/4 overall
+    # class 0: 1/1, class 1: 2/4, class 2 absent -> (1 + 0.5) / 2
+    assert acc.compute()["seg"]["recall"] == 0.75

@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Union
 
 import torch
 
-# A metric maps (output, target) of one batch to (sum, count); the value is sum / count.
-MetricFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+# A metric maps (output, target) of one batch to sufficient statistics (sum, count), each a
+# float or a tensor (e.g. per-class intersections and unions); they add up over batches and
+# the value is ``reduce(sum, count)``, by default sum / count.
+Stat = Union[float, torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor], tuple[Stat, Stat]]
+ReduceFn = Callable[[Stat, Stat], float]
+
+
+def ratio(total: Stat, count: Stat) -> float:
+    """The default reduction: sum / count (NaN when nothing was counted)."""
+    total, count = float(total), float(count)
+    return total / count if count else math.nan
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A named metric with its direction and the function that computes it."""
+    """A named metric with its direction, the per-batch statistics and their reduction."""
 
     name: str
     higher_is_better: bool
     fn: MetricFn
+    reduce: ReduceFn = ratio
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
@@ -53,8 +64,8 @@ class MetricAccumulator:
 
     def __init__(self, task_metrics: Mapping[str, tuple[MetricSpec, ...]]) -> None:
         self.task_metrics = task_metrics
-        self._sums = {t: {m.name: 0.0 for m in ms} for t, ms in task_metrics.items()}
-        self._counts = {t: {m.name: 0.0 for m in ms} for t, ms in task_metrics.items()}
+        self._sums: dict[str, dict[str, Stat]] = {t: {m.name: 0.0 for m in ms} for t, ms in task_metrics.items()}
+        self._counts: dict[str, dict[str, Stat]] = {t: {m.name: 0.0 for m in ms} for t, ms in task_metrics.items()}
 
     def update(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
         for task, specs in self.task_metrics.items():
@@ -65,8 +76,8 @@ class MetricAccumulator:
 
     def compute(self) -> dict[str, dict[str, float]]:
         return {
-            t: {m: (self._sums[t][m] / c if c else math.nan) for m, c in counts.items()}
-            for t, counts in self._counts.items()
+            t: {m.name: float(m.reduce(self._sums[t][m.name], self._counts[t][m.name])) for m in specs}
+            for t, specs in self.task_metrics.items()
         }
 
 

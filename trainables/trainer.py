@@ -183,7 +183,18 @@ class Trainer:
     def _next_val_batch(self) -> Any:
         if self._val_cycle is None:
             self._val_cycle = itertools.cycle(self.splits.val)
-        return next(self._val_cycle)
+        return self.to_device(next(self._val_cycle))
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch ``(inputs, {task: target})`` to the trainer's device.
+
+        A no-op for data already loaded into device memory; batches from a DataLoader with
+        pinned memory are copied asynchronously. ``inputs`` may be any object with ``.to``
+        (a tensor, or a torch_geometric ``Batch`` of graphs).
+        """
+        inputs, targets = batch
+        blocking = {"non_blocking": self.device.type == "cuda"}
+        return inputs.to(self.device, **blocking), {t: v.to(self.device, **blocking) for t, v in targets.items()}
 
     # ----------------------------------------------------------------- epochs
     def train_epoch(self) -> dict[str, float]:
@@ -191,7 +202,8 @@ class Trainer:
         loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
         weight_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
         steps = weighted_steps = 0
-        for inputs, targets in self.splits.train:
+        for batch in self.splits.train:
+            inputs, targets = self.to_device(batch)
             losses, weights = self.train_step(inputs, targets)
             loss_sum += losses.double().cpu()
             steps += 1
@@ -210,7 +222,8 @@ class Trainer:
         """Metrics of every task on ``split`` ('val' or 'test')."""
         self.model.eval()
         acc = self.problem.new_metrics()
-        for inputs, targets in getattr(self.splits, split):
+        for batch in getattr(self.splits, split):
+            inputs, targets = self.to_device(batch)
             acc.update(self.forward(self.model, inputs), targets)
         return acc.compute()
 

@@ -1,4 +1,4 @@
-"""The ``searcher`` command line: spaces, methods, train, tune, extract-weights, rerun.
+"""The ``searcher`` command line: spaces, methods, train, tune, confirm, extract-weights, rerun, report.
 
 Bad input (unknown space or method, malformed ``--param``, missing data) ends with one line
 on stderr and exit status 2, never a traceback.
@@ -45,15 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="a Ray Tune search (OptunaSearch + ASHA), one MLflow run per trial")
     _add_common(p)
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the space's)")
-    p.add_argument("--num-samples", type=int, default=12, help="number of trials")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="number of trials (default 12; with --search grid, every point of the grid)")
+    p.add_argument("--search", choices=("tpe", "random", "grid", "nsga2"), default="tpe",
+                   help="Optuna sampler: tpe (default), random, grid (the paper's grid, every point once) "
+                        "or nsga2 (multi-objective over the per-task validation metrics)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     p.add_argument("--storage", default=None, help="Ray's experiment storage (a shared path or bucket on a cluster)")
-    p.add_argument("--name", default=None, help="name of the search (Ray's experiment folder)")
+    p.add_argument("--name", default=None,
+                   help="name of the search (Ray's experiment folder under --storage; default <space>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search --name (same --storage): finished trials are kept, "
+                        "unfinished ones resume from their last checkpoint, MLflow runs are reused")
     p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto or host:6379)")
+
+    p = sub.add_parser("confirm", help="retrain each method's best configuration with new seeds (`002`'s protocol)")
+    p.add_argument("--experiment", required=True, help="the MLflow experiment of the search")
+    p.add_argument("--top", type=int, default=1, help="configurations per method (default 1: the best)")
+    p.add_argument("--repeats", type=int, default=2, help="new seeds per configuration (default 2)")
+    p.add_argument("--data-dir", default=None, help="where the problem's data lives")
+    p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--storage", default=None, help="Ray's experiment storage")
+    p.add_argument("--name", default=None, help="name of the confirmation run (default confirm-<experiment>-<time>)")
+    p.add_argument("--address", default=None, help="address of an existing Ray cluster")
 
     p = sub.add_parser("extract-weights", help="fixed task weights from a run's logged weights (EMA, `002` §3.5)")
     p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run of a method that defines weights")
@@ -75,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the problem's data lives (MNIST: <dir>/MNIST/raw)")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the source run's)")
+
+    p = sub.add_parser("report", help="Δm, mean rank, fixed weights and Pareto front of an experiment, logged to MLflow")
+    p.add_argument("--experiment", required=True, help="the MLflow experiment to report on (e.g. the space's name)")
+    p.add_argument("--stl", default=None, metavar="FILE",
+                   help="single-task references as JSON {task: {metric: value}} (default: the experiment's single_task runs)")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: report-<experiment>/)")
+    p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
     return parser
 
 
@@ -171,9 +199,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, scheduler=args.scheduler, seed=args.seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
-        address=args.address, grace_period=args.grace_period,
+        address=args.address, grace_period=args.grace_period, search=args.search, resume=args.resume,
     )
-    print(f"searcher: {args.num_samples} trials of {', '.join(session.methods)} on {session.space.name} "
+    if args.resume and not args.name:
+        raise ConfigError("--resume needs the --name of the search to continue")
+    planned = args.num_samples or ("every grid point as" if args.search == "grid" else 12)
+    print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{planned} trials ({args.search}) of {', '.join(session.methods)} on {session.space.name} "
           f"(data: {session.settings.data.get('digit_source', 'built-in')}), {args.scheduler}, "
           f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}")
     table = run_search(session, options, uri, experiment)
@@ -181,6 +212,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("\nBest trial per method (test metrics at the best validation epoch):")
         print(table.to_string(index=False, na_rep="-") if not table.empty else "  no trial reported a result")
     print(f"\nBrowse: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from searcher import tracking
+    from searcher.confirm import plan_confirm, run_confirm
+    from searcher.search import SearchOptions
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    plan = plan_confirm(uri, args.experiment, args.top, args.repeats, args.data_dir)
+    print(f"searcher: confirming {len(plan.sources)} configuration(s) of experiment {args.experiment} "
+          f"with {args.repeats} new seed(s) each ({len(plan.configs)} runs, "
+          f"{plan.session.settings.max_epochs} epochs); MLflow: {uri}")
+    for _, row in plan.sources.iterrows():
+        print(f"  {row['method_key']:<20} run {row['run_id'][:8]}  best validation score {row['metrics.best/val_score']:.3f}")
+    options = SearchOptions(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                            max_concurrent=args.max_concurrent, storage=args.storage, name=args.name, address=args.address)
+    table = run_confirm(plan, uri, options)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print("\nTest metrics at the best validation epoch, mean and std over the new seeds:")
+        print(table.to_string(index=False) if not table.empty else "  no run reported a result")
     return 0
 
 
@@ -228,13 +282,28 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 1 if any(last.get("diverged") for _, last in runs) else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import run_report
+    from searcher import tracking
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    report, written, run_id = run_report(uri, args.experiment, args.stl, args.out)
+    print(written.markdown)
+    print(f"wrote {', '.join(p.name for p in written.files)} to {written.directory}/")
+    print(f"logged as run {run_id} ('report', tag searcher.role=report) of experiment {args.experiment}; "
+          f"browse: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
 COMMANDS = {
     "spaces": cmd_spaces,
     "methods": cmd_methods,
     "train": cmd_train,
     "tune": cmd_tune,
+    "confirm": cmd_confirm,
     "extract-weights": cmd_extract_weights,
     "rerun": cmd_rerun,
+    "report": cmd_report,
 }
 
 

@@ -1,9 +1,14 @@
-"""``searcher tune``: Ray Tune + OptunaSearch (define-by-run) + ASHA, one MLflow run per trial."""
+"""``searcher tune``: Ray Tune + OptunaSearch (define-by-run) + ASHA, one MLflow run per trial.
+
+The sampler is TPE (default), random, grid (every point once) or NSGA-II (multi-objective);
+``--name`` names the search in Ray's storage and ``--resume`` continues an interrupted one.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,14 +16,16 @@ import mlflow
 import pandas as pd
 
 from searcher import tracking
+from searcher.samplers import grid_sampler
 from searcher.session import Session, data_source, session_tags
-from spaces import suggest
+from spaces import grid_points, suggest, suggest_grid_point
+from trainables.errors import ConfigError
 from trainables.tune_trainable import SEARCH_METRIC, train_trial
 
 
 @dataclass
 class SearchOptions:
-    num_samples: int = 12
+    num_samples: int | None = None  # default 12; with search grid, every point of the grid
     scheduler: str = "asha"
     seed: int = 0
     cpus_per_trial: float = 1.0
@@ -28,6 +35,11 @@ class SearchOptions:
     name: str | None = None
     address: str | None = None
     grace_period: int | None = None
+    search: str = "tpe"
+    resume: bool = False
+
+
+SEARCHES = ("tpe", "random", "grid", "nsga2")
 
 
 def quiet_ray_env() -> None:
@@ -37,76 +49,183 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 
-def make_scheduler(kind: str, max_epochs: int, grace_period: int | None) -> Any:
+def make_scheduler(kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None) -> Any:
+    """ASHA (or FIFO) over epochs. ``metric`` is given only when the search has several
+    objectives: then ASHA ranks trials by the scalar score and the searcher gets the rest."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if kind == "fifo":
         return FIFOScheduler()
     grace = grace_period or max(1, max_epochs // 5)
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3)
+    extra = {"metric": metric, "mode": "max"} if metric else {}
+    return ASHAScheduler(
+        time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3, **extra
+    )
 
 
-def run_search(session: Session, options: SearchOptions, tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """Run the search; return the table of the best trial per method."""
-    quiet_ray_env()
+@dataclass
+class SearchPlan:
+    """What the search algorithm optimizes and how many trials it runs."""
+
+    search_alg: Any
+    metric: str | list[str]
+    mode: str | list[str]
+    num_samples: int
+    grid_size: int | None = None
+
+
+def objectives(session: Session) -> tuple[list[str], list[str]]:
+    """NSGA-II's objectives: each task's first metric at the best validation epoch."""
+    metrics, modes = [], []
+    for task in session.problem.tasks:
+        first = task.metrics[0]
+        metrics.append(f"best/val/{task.name}/{first.name}")
+        modes.append("max" if first.higher_is_better else "min")
+    return metrics, modes
+
+
+def plan_search(session: Session, options: SearchOptions, num_samples: int | None) -> SearchPlan:
+    """The Optuna sampler behind OptunaSearch for ``--search``.
+
+    tpe: multivariate TPE over the conditional space (the default); random; grid: Optuna's
+    GridSampler over every grid point once (`002`'s protocol); nsga2: multi-objective over the
+    per-task validation metrics (Pareto front instead of one score).
+    """
     import optuna
-    import ray
-    from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    kind = options.search
+    tasks = session.problem.task_names
+    space_fn: Any = functools.partial(suggest, space=session.space, methods=session.methods, tasks=tasks, fixed=session.fixed)
+    metric: str | list[str] = SEARCH_METRIC
+    mode: str | list[str] = "max"
+    grid_size = None
+    if kind == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
+    elif kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=options.seed)
+    elif kind == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=options.seed)
+        metric, mode = objectives(session)
+    elif kind == "grid":
+        points = grid_points(session.space, session.methods, tasks, session.fixed)
+        grid_size = len(points)
+        sampler = grid_sampler(grid_size, options.seed)
+        space_fn = functools.partial(suggest_grid_point, space=session.space, points=points, fixed=session.fixed)
+        if num_samples is not None and num_samples > grid_size:
+            raise ConfigError(f"--num-samples {num_samples} is more than the {grid_size} points of the grid")
+    else:
+        raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
+    search_alg = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler, seed=options.seed)
+    samples = num_samples if num_samples is not None else (grid_size or 12)
+    return SearchPlan(search_alg, metric, mode, samples, grid_size)
+
+
+def default_name(space: str) -> str:
+    """A fresh search name when the user gives none (so a second search never collides)."""
+    return f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def experiment_path(options: SearchOptions, name: str) -> str:
+    """Where Ray keeps the search's state (``--storage``/``--name``; default ~/ray_results)."""
+    storage = options.storage
+    if storage and "://" in storage:
+        return storage.rstrip("/") + "/" + name
+    return os.path.join(os.path.abspath(os.path.expanduser(storage or "~/ray_results")), name)
+
+
+def storage_path(options: SearchOptions) -> str | None:
+    storage = options.storage
+    return os.path.abspath(storage) if storage and "://" not in storage else storage
+
+
+def find_search_run(experiment_id: str, name: str) -> str | None:
+    """The MLflow parent run of the search named ``name`` (for ``--resume``)."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`searcher.search` = '{name}' and tags.`searcher.role` = 'search'",
+        order_by=["start_time DESC"],
+        max_results=1,
+    )
+    return None if runs.empty else str(runs.run_id.iloc[0])
+
+
+def run_search(
+    session: Session, options: SearchOptions, tracking_uri: str, experiment: str
+) -> pd.DataFrame:
+    """Run (or, with ``options.resume``, continue) the search; return the best trial per method."""
+    quiet_ray_env()
+    import ray
+    from ray import tune
+
+    name = options.name or default_name(session.space.name)
+    path = experiment_path(options, name)
+    if options.resume and not tune.Tuner.can_restore(path):
+        raise ConfigError(f"no search named {name!r} to resume at {path} (give the --name and --storage it ran with)")
+    if not options.resume and os.path.isdir(path) and tune.Tuner.can_restore(path):
+        raise ConfigError(f"a search named {name!r} already exists at {path}: add --resume to continue it, or pick another --name")
+    plan = plan_search(session, options, options.num_samples)
     experiment_id = tracking.init_store(tracking_uri, experiment)
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
 
-    space_fn = functools.partial(
-        suggest, space=session.space, methods=session.methods, tasks=session.problem.task_names, fixed=session.fixed
-    )
-    sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
-    search_alg = OptunaSearch(space=space_fn, metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=options.seed)
     max_epochs = session.settings.max_epochs
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=session.settings),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
-    name = options.name or f"{session.space.name}-search"
     shared = {**session_tags(session, "tune"), "searcher.search": name}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**shared, "searcher.role": "search"}) as parent:
-        mlflow.log_params(
-            {
-                "methods": ",".join(session.methods),
-                "num_samples": options.num_samples,
-                "scheduler": options.scheduler,
-                "max_epochs": max_epochs,
-                "seed": options.seed,
-                **{f"fixed.{k}": v for k, v in session.fixed.items()},
-            }
-        )
-        logger = tracking.TrialLogger(
-            tracking_uri,
-            experiment,
-            tags={**shared, "mlflow.parentRunId": parent.info.run_id},
-            params={"space": session.space.name, "max_epochs": max_epochs, "data_source": data_source(session), "seed": options.seed},
-            max_epochs=max_epochs,
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=SEARCH_METRIC,
-                mode="max",
-                search_alg=search_alg,
-                scheduler=make_scheduler(options.scheduler, max_epochs, options.grace_period),
-                num_samples=options.num_samples,
-                max_concurrent_trials=options.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=os.path.abspath(options.storage) if options.storage and "://" not in options.storage else options.storage,
-                callbacks=[logger],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=1),
-                verbose=1,
-            ),
-        )
+    parent_id = find_search_run(experiment_id, name) if options.resume else None
+    if options.resume and parent_id is None:
+        raise ConfigError(f"search {name!r} has Ray state at {path} but no MLflow run in experiment {experiment!r}")
+    start = {"run_id": parent_id} if parent_id else {"experiment_id": experiment_id, "run_name": name, "tags": {**shared, "searcher.role": "search"}}
+    with mlflow.start_run(**start) as parent:
+        if parent_id is None:
+            mlflow.log_params(
+                {
+                    "methods": ",".join(session.methods),
+                    "num_samples": plan.num_samples,
+                    "search": options.search,
+                    "scheduler": options.scheduler,
+                    "max_epochs": max_epochs,
+                    "seed": options.seed,
+                    **({"grid_size": plan.grid_size} if plan.grid_size else {}),
+                    **({"objectives": ",".join(plan.metric)} if isinstance(plan.metric, list) else {}),
+                    **{f"fixed.{k}": v for k, v in session.fixed.items()},
+                }
+            )
+        if options.resume:
+            # The run config (with its MLflow callback) is restored from Ray's state; the
+            # callback re-attaches resumed trials to their MLflow runs by trial id.
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            multi = isinstance(plan.metric, list)
+            logger = tracking.TrialLogger(
+                tracking_uri,
+                experiment,
+                tags={**shared, "mlflow.parentRunId": parent.info.run_id},
+                params={"space": session.space.name, "max_epochs": max_epochs, "data_source": data_source(session), "seed": options.seed},
+                max_epochs=max_epochs,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=None if multi else plan.metric,
+                    mode=None if multi else plan.mode,
+                    search_alg=plan.search_alg,
+                    scheduler=make_scheduler(options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None),
+                    num_samples=plan.num_samples,
+                    max_concurrent_trials=options.max_concurrent,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage_path(options),
+                    callbacks=[logger],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=1),
+                    verbose=1,
+                ),
+            )
         results = tuner.fit()
         table = best_per_method(results.get_dataframe())
         if not table.empty:

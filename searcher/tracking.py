@@ -50,6 +50,9 @@ def run_tags(config: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, s
     task = config.get("single_task.task")
     if task:
         tags[f"{TAG_PREFIX}task"] = str(task)
+    if config.get("confirm_of"):
+        # `searcher confirm`: a new seed of another run's configuration (reports average them)
+        tags[f"{TAG_PREFIX}confirm_of"] = str(config["confirm_of"])
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 
@@ -58,7 +61,10 @@ def run_name(config: Mapping[str, Any]) -> str:
     name = str(config.get("method", "run"))
     if config.get("single_task.task"):
         name += f"[{config['single_task.task']}]"
-    return f"{name}-{int(config.get('run_index', 0)):04d}"
+    name = f"{name}-{int(config.get('run_index', 0)):04d}"
+    if config.get("confirm_of"):
+        name += f"-seed{int(config.get('confirm_repeat', 0)) + 1}"
+    return name
 
 
 def status_of(last: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
@@ -82,11 +88,35 @@ class TrialLogger(MLflowLoggerCallback):
         self._last: dict[Any, dict[str, Any]] = {}
 
     def log_trial_start(self, trial: Any) -> None:
-        if trial not in self._trial_runs:
-            tags = run_tags(trial.config, {**self.tags, f"{TAG_PREFIX}trial_id": trial.trial_id})
-            run = self.mlflow_util.start_run(tags=tags, run_name=run_name(trial.config))
-            self._trial_runs[trial] = run.info.run_id
-            self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log={**self.extra_params, **trial.config})
+        if trial in self._trial_runs:
+            return
+        existing = self._existing_run(trial.trial_id)
+        if existing is not None:
+            # A resumed search (or a trial restarted on another node): keep writing to the
+            # trial's run, so no MLflow run is duplicated.
+            self._trial_runs[trial] = existing
+            MlflowClient(self.tracking_uri).set_tag(existing, f"{TAG_PREFIX}status", "running")
+            return
+        tags = run_tags(trial.config, {**self.tags, f"{TAG_PREFIX}trial_id": trial.trial_id, f"{TAG_PREFIX}status": "running"})
+        run = self.mlflow_util.start_run(tags=tags, run_name=run_name(trial.config))
+        self._trial_runs[trial] = run.info.run_id
+        self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log={**self.extra_params, **trial.config})
+
+    def _existing_run(self, trial_id: str) -> str | None:
+        """The run already logged for this trial of this search, if any."""
+        search = self.tags.get(f"{TAG_PREFIX}search")
+        if not search:
+            return None
+        client = MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_PREFIX}trial_id` = '{trial_id}' and tags.`{TAG_PREFIX}search` = '{search}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         self._last[trial] = result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spaces.base import SearchSpace, suggest
+from spaces.base import SearchSpace, grid_points, suggest, suggest_grid_point
 from spaces.multi_mnist import MNIST_CL_CR, MNIST_CL_RR, MNIST_RL_RR
 from spaces.toy import TOY
 from trainables.registry import Registry
@@ -16,4 +16,4 @@ for _space in (
 ):
     SPACES.register(_space.name, _space)
 
-__all__ = ["SPACES", "SearchSpace", "suggest"]
+__all__ = ["SPACES", "SearchSpace", "grid_points", "suggest", "suggest_grid_point"]

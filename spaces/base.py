@@ -8,9 +8,11 @@ method's parameters keep one distribution across the study.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from spaces import simplex
 from spaces.method_ranges import METHOD_RANGES
 
 #: `002` §3.1: the Multi-MNIST learning-rate grid as printed (with 0.0075).
@@ -66,6 +68,11 @@ class SearchSpace:
         }
 
 
+def _searches_weights(method: str, fixed: Mapping[str, Any]) -> bool:
+    """``fixed`` with no weights given searches the weight simplex (``spaces.simplex``)."""
+    return method == "fixed" and "fixed.weights" not in fixed
+
+
 def suggest(
     trial: Any,
     space: SearchSpace,
@@ -75,7 +82,8 @@ def suggest(
 ) -> dict[str, Any]:
     """Define-by-run space for OptunaSearch. ``fixed`` values are not searched.
 
-    Returns the constants of the trial (Optuna records the suggested values itself).
+    Returns the constants of the trial (Optuna records the suggested values itself), which
+    include the weights string of a ``fixed`` trial whose simplex point was searched.
     """
     constants: dict[str, Any] = {"run_index": trial.number, **space.constants}
     if len(methods) == 1:
@@ -92,5 +100,40 @@ def suggest(
         if key in fixed:
             continue
         trial.suggest_categorical(key, list(grid))
+    if _searches_weights(method, fixed):
+        constants["fixed.weights"] = simplex.suggest_simplex(trial, tasks)
     constants.update({k: v for k, v in fixed.items() if "." not in k or k.startswith(method + ".")})
     return constants
+
+
+def grid_points(
+    space: SearchSpace, methods: Sequence[str], tasks: Sequence[str], fixed: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Every point of the space's grid, once: per method, the product of the common grids and
+    the method's own ranges (``fixed`` values excluded), and for ``fixed`` without weights the
+    simplex lattice. This is `002`'s protocol (§3.1: every grid point trained once)."""
+    points: list[dict[str, Any]] = []
+    for method in methods:
+        axes: dict[str, list[Any]] = {k: list(v) for k, v in space.common.items() if k not in fixed}
+        axes.update({f"{method}.{k}": v for k, v in space.method_ranges(method, tasks).items() if f"{method}.{k}" not in fixed})
+        if _searches_weights(method, fixed):
+            axes["fixed.weights"] = simplex.simplex_grid(tasks)
+        for values in itertools.product(*axes.values()):
+            points.append({"method": method, **dict(zip(axes, values))})
+    return points
+
+
+def suggest_grid_point(
+    trial: Any, space: SearchSpace, points: Sequence[Mapping[str, Any]], fixed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Define-by-run function of ``--search grid``: Optuna's GridSampler picks an unvisited
+    ``grid_point`` index and the trial gets that point's values as constants.
+
+    (GridSampler needs one Cartesian product of named values; a conditional space, where each
+    method has its own parameters, is a union of products, hence the index.)
+    """
+    index = trial.suggest_categorical("grid_point", list(range(len(points))))
+    point = dict(points[index])
+    method = point["method"]
+    extra = {k: v for k, v in fixed.items() if "." not in k or k.startswith(method + ".")}
+    return {"run_index": trial.number, **space.constants, **extra, **point}

@@ -59,5 +59,11 @@ def train_trial(config: dict[str, Any], settings: RunSettings) -> None:
     except DivergedError as err:
         best = dict(trainer.best)
         if best.get("best/epoch", 0) == 0:
+            # No valid epoch: every objective a search may rank by gets its worst value
+            # (finite, so Optuna, NSGA-II and ASHA accept it).
             best["best/val_score"] = DIVERGED_SCORE
+            for task in problem.tasks:
+                for metric in task.metrics:
+                    worst = DIVERGED_SCORE if metric.higher_is_better else -DIVERGED_SCORE
+                    best[f"best/val/{task.name}/{metric.name}"] = worst
         tune.report({**best, "epoch": err.epoch, "diverged": 1.0, "diverged_reason": str(err)})

@@ -1,0 +1,166 @@
+"""Search strategies: the grid (every point once), random, NSGA-II over task metrics, and the
+weight simplex that ``fixed`` searches."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+
+from searcher.samplers import grid_sampler
+from searcher.search import SearchOptions, objectives, plan_search, run_search
+from searcher.session import open_session
+from spaces import SPACES, grid_points, suggest, suggest_grid_point
+from spaces.simplex import simplex_grid, simplex_lattice, suggest_simplex, weights_from_u
+from trainables.errors import ConfigError
+from trainables.methods.fixed import parse_weights
+
+
+# ----------------------------------------------------------------------------- the simplex
+def test_weights_from_u_lie_on_the_simplex_and_equal_u_give_equal_weights():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        u = rng.uniform(1e-6, 1.0, size=int(rng.integers(2, 12)))
+        w = weights_from_u(u)
+        assert min(w) >= 0 and math.isclose(sum(w), 1.0, rel_tol=1e-12)
+    assert weights_from_u([0.3, 0.3, 0.3]) == pytest.approx([1 / 3] * 3)
+    assert weights_from_u([1.0, 1.0]) == [0.5, 0.5]  # the degenerate corner maps to the centre
+    # a smaller u is a larger weight: -log is decreasing
+    w = weights_from_u([0.1, 0.5, 0.9])
+    assert w[0] > w[1] > w[2]
+
+
+def test_uniform_u_gives_the_flat_dirichlet():
+    """Dirichlet(1, 1, 1): each weight has mean 1/3 and variance (1/3)(2/3)/4 = 1/18."""
+    rng = np.random.default_rng(1)
+    w = np.array([weights_from_u(u) for u in rng.uniform(0, 1, size=(20000, 3))])
+    assert w.mean(axis=0) == pytest.approx([1 / 3] * 3, abs=0.01)
+    assert w.var(axis=0) == pytest.approx([1 / 18] * 3, abs=0.003)
+    # and the first weight of Dirichlet(1,1,1) is Beta(1, 2): P(w1 < 1/2) = 1 - (1/2)^2 = 3/4
+    assert (w[:, 0] < 0.5).mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_simplex_lattice_is_every_interior_point_once():
+    points = simplex_lattice(3, 10)
+    assert len(points) == math.comb(9, 2) == 36
+    assert len({tuple(p) for p in points}) == 36
+    for p in points:
+        assert min(p) >= 0.1 - 1e-12 and math.isclose(sum(p), 1.0)
+    assert simplex_lattice(2, 4) == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
+    assert simplex_grid(["a", "b"], 4) == ["0.25,0.75", "0.5,0.5", "0.75,0.25"]
+    with pytest.raises(ConfigError, match="11 tasks"):
+        simplex_grid([f"t{i}" for i in range(11)])
+
+
+def test_fixed_with_no_weights_searches_the_simplex_and_parses():
+    space = SPACES.get("toy")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(20):
+        trial = study.ask()
+        constants = suggest(trial, space, ["fixed"], ["f1", "f2"], fixed={})
+        assert set(trial.params) >= {"simplex.f1", "simplex.f2"}
+        weights = parse_weights(constants["fixed.weights"], ["f1", "f2"])
+        expected = weights_from_u([trial.params["simplex.f1"], trial.params["simplex.f2"]])
+        assert weights == pytest.approx(expected, rel=1e-5)
+        seen.append(weights[0])
+        study.tell(trial, 0.0)
+    assert max(seen) - min(seen) > 0.3  # it does move over the simplex
+    # given weights are not searched
+    trial = study.ask()
+    constants = suggest(trial, space, ["fixed"], ["f1", "f2"], fixed={"fixed.weights": "0.2,0.8"})
+    assert constants["fixed.weights"] == "0.2,0.8" and not any(k.startswith("simplex.") for k in trial.params)
+
+
+# ----------------------------------------------------------------------------- the grid
+def test_grid_points_are_the_union_of_each_methods_product():
+    space = SPACES.get("mnist_cl_rr")
+    fixed = {"optimizer": "adam"}
+    points = grid_points(space, ["ew", "cagrad", "single_task"], ["CL", "RR"], fixed)
+    n_common = 7 * 6  # 002 §3.1: 7 learning rates x 6 dropouts, Adam only
+    by_method = {m: [p for p in points if p["method"] == m] for m in ("ew", "cagrad", "single_task")}
+    assert len(by_method["ew"]) == n_common
+    assert len(by_method["cagrad"]) == n_common * 3  # c in {0.2, 0.5, 0.8}
+    assert len(by_method["single_task"]) == n_common * 2  # one per task
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+    assert all("optimizer" not in p for p in points)
+    assert {p["cagrad.c"] for p in by_method["cagrad"]} == {0.2, 0.5, 0.8}
+    assert {p["lr"] for p in points} == set(space.common["lr"])
+
+
+def test_grid_sampler_visits_every_point_exactly_once():
+    space = SPACES.get("toy")
+    points = grid_points(space, ["ew", "cagrad"], ["f1", "f2"], {"optimizer": "adam", "start": 0})
+    assert len(points) == 5 + 5 * 3
+    sampler = grid_sampler(len(points), seed=3)
+    study = optuna.create_study(sampler=sampler)
+    configs = []
+    for _ in range(len(points)):
+        trial = study.ask()
+        configs.append(suggest_grid_point(trial, space, points, {"optimizer": "adam", "start": 0}))
+        study.tell(trial, 0.0)
+    keys = [tuple(sorted((k, v) for k, v in c.items() if k != "run_index")) for c in configs]
+    assert len(set(keys)) == len(points)
+    assert all(c["optimizer"] == "adam" and c["start"] == 0 for c in configs)
+    assert sampler.is_exhausted(study)
+
+
+def test_plan_rejects_more_samples_than_grid_points_and_unknown_searches():
+    session = open_session("toy", ["ew"], ["optimizer=adam", "start=0"], None, max_epochs=1)
+    assert plan_search(session, SearchOptions(search="grid"), None).num_samples == 5
+    with pytest.raises(ConfigError, match="more than the 5 points"):
+        plan_search(session, SearchOptions(search="grid"), 6)
+    with pytest.raises(ConfigError, match="unknown search"):
+        plan_search(session, SearchOptions(search="bayes"), 3)
+
+
+def test_nsga2_objectives_follow_each_tasks_metric_direction():
+    session = open_session("mnist_cl_rr", ["ew"], [], None, max_epochs=1)
+    assert objectives(session) == (["best/val/CL/accuracy", "best/val/RR/mse"], ["max", "min"])
+
+
+# ----------------------------------------------------------------------------- real searches
+def test_grid_search_runs_every_point_once_through_ray(ray_session, tracking_uri, tmp_path):
+    session = open_session("toy", ["ew", "cagrad"], ["steps_per_epoch=5", "optimizer=adam", "start=1", "lr=0.01"], None, max_epochs=1)
+    options = SearchOptions(search="grid", scheduler="fifo", storage=str(tmp_path / "ray"), name="grid")
+    run_search(session, options, tracking_uri, "grid")
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["grid"])
+    trials = runs[runs["tags.searcher.role"] != "search"]
+    # ew has no own parameter (1 point), cagrad has 3 values of c
+    assert len(trials) == 4
+    points = sorted((m, c if isinstance(c, str) else "") for m, c in zip(trials["params.method"], trials["params.cagrad.c"].fillna("")))
+    assert points == [("cagrad", "0.2"), ("cagrad", "0.5"), ("cagrad", "0.8"), ("ew", "")]
+    parent = runs[runs["tags.searcher.role"] == "search"].iloc[0]
+    assert parent["params.search"] == "grid" and parent["params.grid_size"] == "4"
+
+
+def test_nsga2_searches_fixed_weights_over_two_objectives(ray_session, tracking_uri, tmp_path):
+    session = open_session("toy", ["fixed"], ["steps_per_epoch=20", "optimizer=adam", "start=0"], None, max_epochs=2)
+    options = SearchOptions(search="nsga2", num_samples=6, seed=0, storage=str(tmp_path / "ray"), name="front", grace_period=1)
+    run_search(session, options, tracking_uri, "front")
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["front"])
+    trials = runs[runs["tags.searcher.role"] != "search"]
+    assert len(trials) == 6
+    weights = [parse_weights(w, ["f1", "f2"]) for w in trials["params.fixed.weights"]]
+    assert all(math.isclose(sum(w), 1.0, rel_tol=1e-4) for w in weights)
+    assert len({round(w[0], 4) for w in weights}) == 6  # six different points of the simplex
+    # every trial reports both objectives
+    assert trials["metrics.best/val/f1/value"].notna().all() and trials["metrics.best/val/f2/value"].notna().all()
+    parent = runs[runs["tags.searcher.role"] == "search"].iloc[0]
+    assert parent["params.objectives"] == "best/val/f1/value,best/val/f2/value"
+
+
+def test_a_named_search_is_not_silently_overwritten(ray_session, tracking_uri, tmp_path):
+    session = open_session("toy", ["ew"], ["steps_per_epoch=5"], None, max_epochs=1)
+    options = SearchOptions(num_samples=1, storage=str(tmp_path / "ray"), name="once", scheduler="fifo")
+    run_search(session, options, tracking_uri, "once")
+    with pytest.raises(ConfigError, match="already exists.*--resume"):
+        run_search(session, options, tracking_uri, "once")
+    with pytest.raises(ConfigError, match="no search named 'other'"):
+        run_search(session, SearchOptions(storage=str(tmp_path / "ray"), name="other", resume=True), tracking_uri, "once")

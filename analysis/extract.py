@@ -47,7 +47,9 @@ def run_method(run: Run) -> str:
 
 
 def run_space(run: Run, required: bool = True) -> str:
-    space = run.data.tags.get("searcher.space") or run.data.params.get("space") or ""
+    """The run's space: the file it was read from (``--space path.yaml``) or its name."""
+    space = (run.data.tags.get("searcher.space_file") or run.data.tags.get("searcher.space")
+             or run.data.params.get("space") or "")
     if required and not space:
         raise ConfigError(f"run {run.info.run_id} names no space (tag searcher.space or param space)")
     return space
@@ -55,10 +57,10 @@ def run_space(run: Run, required: bool = True) -> str:
 
 def space_tasks(space_name: str) -> list[str]:
     """The tasks of a named space's problem, in the problem's order."""
-    from spaces import SPACES
+    from spaces import get_space
     from trainables.problems import build_problem
 
-    space = SPACES.get(space_name)
+    space = get_space(space_name)
     return build_problem(space.problem, space.problem_options).task_names
 
 

@@ -17,7 +17,8 @@ DEFAULT_STORE_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqli
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="a named space (see `searcher spaces`)")
+    p.add_argument("--space", required=True,
+                   help="a named space (see `searcher spaces`) or a space file, path/to/space.yaml or .py")
     p.add_argument("--max-epochs", type=int, default=None, help="epochs per run (default: the space's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a hyperparameter (lr=0.001, c=0.5 or cagrad.c=0.5); repeatable")
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("spaces", help="list the named search spaces")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--show", metavar="NAME", help="print one space's ranges")
+    p.add_argument("--show", metavar="NAME", help="print one space's ranges (a name or a space file)")
 
     p = sub.add_parser("methods", help="list the multi-task methods, their needs and hyperparameters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -107,13 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:
-    from spaces import SPACES
+    from spaces import SPACES, get_space
     from trainables.problems import build_problem
 
     names = [args.show] if args.show else SPACES.names()
     described = []
     for name in names:
-        space = SPACES.get(name)
+        space = get_space(name)
         tasks = build_problem(space.problem, space.problem_options).task_names
         described.append({**space.describe(tasks=tasks), "tasks": tasks})
     if args.json:

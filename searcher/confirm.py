@@ -87,7 +87,7 @@ def source_config(row: pd.Series, problem_keys: set[str]) -> dict[str, Any]:
 
 def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: str | None) -> ConfirmPlan:
     """Read the experiment, pick the best configurations and build the repeat configs."""
-    from spaces import SPACES
+    from spaces import get_space
     from trainables.problems import build_problem
 
     if top < 1 or repeats < 1:
@@ -99,10 +99,12 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
     best = select_best(runs, top)
     if best.empty:
         raise ConfigError(f"experiment {experiment!r} has no finished training runs to confirm")
-    spaces = set(best["tags.searcher.space"].dropna())
+    files = best["tags.searcher.space_file"] if "tags.searcher.space_file" in best else pd.Series(None, index=best.index)
+    spaces = set(files.fillna(best["tags.searcher.space"]).dropna())
     if len(spaces) != 1:
         raise ConfigError(f"experiment {experiment!r} mixes spaces {sorted(spaces)}; confirm one space at a time")
-    space = SPACES.get(spaces.pop())
+    space_name = spaces.pop()
+    space = get_space(space_name)
     problem = build_problem(space.problem, space.problem_options)
     problem_keys = set(problem.defaults) | set(space.constants)
     epochs = {int(float(e)) for e in best.get("params.max_epochs", pd.Series(dtype=str)).dropna()}
@@ -110,7 +112,7 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
     sources = set(best.get("params.data_source", pd.Series(dtype=str)).dropna())
     if "digit_source" in problem.defaults and len(sources) == 1:
         pinned.append(f"digit_source={next(iter(sources))}")  # train on the data the search used
-    session = open_session(space.name, sorted(set(best["params.method"])), pinned, data_dir, max(epochs) if epochs else None)
+    session = open_session(space_name, sorted(set(best["params.method"])), pinned, data_dir, max(epochs) if epochs else None)
     if sources and data_source(session) not in sources:
         raise ConfigError(f"the runs trained on {sorted(sources)} data, a confirmation here would use {data_source(session)}")
     configs = []

@@ -70,14 +70,15 @@ def plan_rerun(
     seed: int | None = None,
 ) -> Rerun:
     """Read the source run, the weights (from the file or extracted now) and open the session."""
-    from spaces import SPACES
+    from spaces import get_space
     from trainables.problems import build_problem
 
     if weights_file is not None and beta is not None:
         raise ConfigError("--beta is for weights extracted now; the weights file already fixes them")
     client = open_client(uri)
     run = get_run(client, run_id)
-    space = SPACES.get(run_space(run))
+    space_name = run_space(run)
+    space = get_space(space_name)
     problem = build_problem(space.problem, space.problem_options)
     if weights_file is not None:
         weights, record = read_weights_file(weights_file, problem.task_names)
@@ -88,7 +89,7 @@ def plan_rerun(
     params["weights"] = ",".join(f"{t}={w!r}" for t, w in zip(problem.task_names, weights))
     if max_epochs is None and run.data.params.get("max_epochs"):
         max_epochs = int(run.data.params["max_epochs"])
-    session = open_session(space.name, ["fixed"], [f"{k}={v}" for k, v in params.items()], data_dir, max_epochs)
+    session = open_session(space_name, ["fixed"], [f"{k}={v}" for k, v in params.items()], data_dir, max_epochs)
     source_data = run.data.params.get("data_source")
     if source_data and source_data != data_source(session):
         raise ConfigError(f"run {run_id} trained on {source_data} data, this rerun would use {data_source(session)}")

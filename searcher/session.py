@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from spaces import SPACES, SearchSpace
+from spaces import SearchSpace, get_space
 from searcher.params import parse_pairs, to_config
 from trainables.methods import METHODS
 from trainables.problems import Problem, build_problem
@@ -19,6 +20,8 @@ class Session:
     methods: list[str]
     fixed: dict[str, Any]
     settings: RunSettings
+    #: The file the space was read from (``--space path.yaml``), recorded on every run.
+    space_file: str | None = None
 
 
 def open_session(
@@ -29,7 +32,8 @@ def open_session(
     max_epochs: int | None,
 ) -> Session:
     """Resolve the space, methods and ``--param`` values; prepare the data on the driver."""
-    space = SPACES.get(space_name)
+    space = get_space(space_name)
+    space_file = None if space_name == space.name else os.path.abspath(os.path.expanduser(space_name))
     methods = list(methods or space.default_methods)
     for method in methods:
         METHODS.get(method)  # an unknown name raises the registry's one-line error
@@ -42,7 +46,7 @@ def open_session(
         data=data,
         max_epochs=int(max_epochs or space.max_epochs),
     )
-    return Session(space, problem, methods, fixed, settings)
+    return Session(space, problem, methods, fixed, settings, space_file)
 
 
 def data_source(session: Session) -> str:
@@ -56,4 +60,5 @@ def session_tags(session: Session, mode: str) -> dict[str, str]:
         "searcher.problem": session.problem.name,
         "searcher.data_source": data_source(session),
         "searcher.mode": mode,
+        **({"searcher.space_file": session.space_file} if session.space_file else {}),
     }

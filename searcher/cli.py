@@ -168,14 +168,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from searcher import tracking
-    from searcher.session import open_session
+    from searcher.session import data_source, open_session
     from searcher.train import train_once
 
     session = open_session(args.space, [args.method], args.param, args.data_dir, args.max_epochs)
     uri = tracking.tracking_uri(args.tracking_uri)
     experiment = args.experiment or session.space.name
     print(f"searcher: training {args.method} on {session.space.name} ({session.problem.name}, "
-          f"data: {session.settings.data.get('digit_source', 'built-in')}); MLflow: {uri}, experiment {experiment}")
+          f"data: {data_source(session)}); MLflow: {uri}, experiment {experiment}")
     run_id, last = train_once(session, uri, experiment, args.seed)
     print(f"run {run_id}: best validation score {last.get('best/val_score', float('nan')):.3f} "
           f"at epoch {int(last.get('best/epoch', 0))}")
@@ -190,7 +190,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from searcher import tracking
     from searcher.search import SearchOptions, run_search
-    from searcher.session import open_session
+    from searcher.session import data_source, open_session
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     session = open_session(args.space, methods, args.param, args.data_dir, args.max_epochs)
@@ -206,7 +206,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs the --name of the search to continue")
     planned = args.num_samples or ("every grid point as" if args.search == "grid" else 12)
     print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{planned} trials ({args.search}) of {', '.join(session.methods)} on {session.space.name} "
-          f"(data: {session.settings.data.get('digit_source', 'built-in')}), {args.scheduler}, "
+          f"(data: {data_source(session)}), {args.scheduler}, "
           f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}")
     table = run_search(session, options, uri, experiment)
     with pd.option_context("display.width", 200, "display.max_columns", 20):

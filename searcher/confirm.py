@@ -132,7 +132,7 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
 def run_confirm(plan: ConfirmPlan, uri: str, options: SearchOptions) -> pd.DataFrame:
     """Train every repeat through Ray Tune (FIFO, every configuration to the end); return a
     table of the source runs and their repeats' mean and std of each test metric."""
-    quiet_ray_env()
+    quiet_ray_env(options.address)
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch

@@ -42,9 +42,11 @@ class SearchOptions:
 SEARCHES = ("tpe", "random", "grid", "nsga2")
 
 
-def quiet_ray_env() -> None:
-    """Environment defaults for a local Ray (set only where the user has not)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def quiet_ray_env(address: str | None = None) -> None:
+    """Environment defaults for Ray (set only where the user has not). Token auth is turned off
+    only for the local Ray searcher starts itself; joining a cluster leaves RAY_AUTH_MODE to Ray."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
@@ -154,7 +156,7 @@ def run_search(
     session: Session, options: SearchOptions, tracking_uri: str, experiment: str
 ) -> pd.DataFrame:
     """Run (or, with ``options.resume``, continue) the search; return the best trial per method."""
-    quiet_ray_env()
+    quiet_ray_env(options.address)
     import ray
     from ray import tune
 
@@ -162,7 +164,7 @@ def run_search(
     path = experiment_path(options, name)
     if options.resume and not tune.Tuner.can_restore(path):
         raise ConfigError(f"no search named {name!r} to resume at {path} (give the --name and --storage it ran with)")
-    if not options.resume and os.path.isdir(path) and tune.Tuner.can_restore(path):
+    if not options.resume and tune.Tuner.can_restore(path):
         raise ConfigError(f"a search named {name!r} already exists at {path}: add --resume to continue it, or pick another --name")
     plan = plan_search(session, options, options.num_samples)
     experiment_id = tracking.init_store(tracking_uri, experiment)

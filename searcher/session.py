@@ -50,7 +50,9 @@ def open_session(
 
 
 def data_source(session: Session) -> str:
-    return str(session.settings.data.get("digit_source", session.problem.name))
+    """Which data the runs train on (logged with every run): what ``prepare`` resolved."""
+    data = session.settings.data
+    return str(data.get("digit_source") or data.get("source") or session.problem.name)
 
 
 def session_tags(session: Session, mode: str) -> dict[str, str]:

@@ -26,3 +26,9 @@ def ray_session():
 def tracking_uri(tmp_path):
     """A fresh SQLite MLflow store per test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cluster: starts real multi-node Ray clusters with `ray start` (slow; deselect with -m 'not cluster')"
+    )

@@ -113,3 +113,12 @@ def test_seeds_derive_from_the_run_index():
     assert not torch.equal(weight(a), weight(c))
     first_batch = lambda t: next(iter(t.splits.train))[1]["CL"]  # noqa: E731
     assert torch.equal(first_batch(a), first_batch(b))
+
+
+@pytest.mark.parametrize("step_every, expected", [
+    (0, [0.1, 0.05, 0.025, 0.0125]),  # ExponentialLR: lr_decay every epoch
+    (2, [0.1, 0.1, 0.05, 0.05]),  # StepLR: lr_decay every 2 epochs (MTAN's NYUv2 schedule, scaled down)
+])
+def test_learning_rate_schedules(toy, step_every, expected):
+    trainer = Trainer(toy, {"method": "ew", "lr": 0.1, "lr_decay": 0.5, "lr_step_every": step_every, "steps_per_epoch": 2})
+    assert [m["train/lr"] for m in trainer.fit(4)] == pytest.approx(expected)

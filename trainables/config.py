@@ -19,7 +19,11 @@ COMMON: dict[str, Hyperparameter] = {
     "optimizer": Hyperparameter("adam", str, "adam, adamw or sgd (with momentum)"),
     "momentum": Hyperparameter(0.9, float, "momentum of sgd"),
     "batch_size": Hyperparameter(256, int, "training batch size"),
-    "lr_decay": Hyperparameter(1.0, float, "ExponentialLR gamma per epoch (1 = constant)"),
+    "lr_decay": Hyperparameter(1.0, float, "ExponentialLR gamma per epoch (1 = constant); with lr_step_every, StepLR's gamma"),
+    "lr_step_every": Hyperparameter(
+        0, int, "0: decay the lr every epoch (ExponentialLR); N > 0: multiply it by lr_decay every N epochs (StepLR, "
+        "e.g. MTAN's NYUv2 schedule: lr_decay=0.5, lr_step_every=100)"
+    ),
     "grad_level": Hyperparameter("param", str, "gradient methods: 'param' (shared parameters) or 'feature' (representation)"),
     "batched_grads": Hyperparameter(
         "auto", str, "per-task gradients in one batched pass (true), a loop (false), or auto: batched on a GPU, "

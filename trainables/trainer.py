@@ -8,7 +8,6 @@ the caller decides where it goes (MLflow directly, or Ray Tune's report).
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import time
@@ -70,7 +69,13 @@ class Trainer:
         self.shared = self.model.shared_parameters()
         self.optimizer = self._make_optimizer()
         gamma = self.config["lr_decay"]
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma) if gamma != 1.0 else None
+        step_every = int(self.config["lr_step_every"])
+        if gamma == 1.0:
+            self.scheduler = None
+        elif step_every > 0:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_every, gamma)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self.epoch = 0
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
         self._val_cycle: Iterator[Any] | None = None
@@ -181,8 +186,13 @@ class Trainer:
         return model.decode(z, self.method.task_representations(z))
 
     def _next_val_batch(self) -> Any:
-        if self._val_cycle is None:
-            self._val_cycle = itertools.cycle(self.splits.val)
+        # Walk the validation split batch by batch, restarting it when exhausted (not
+        # itertools.cycle, which would keep every batch in memory).
+        if self._val_cycle is not None:
+            batch = next(self._val_cycle, None)
+            if batch is not None:
+                return self.to_device(batch)
+        self._val_cycle = iter(self.splits.val)
         return self.to_device(next(self._val_cycle))
 
     def to_device(self, batch: Any) -> Any:

@@ -6,13 +6,19 @@ from typing import Any, Mapping
 
 from trainables.errors import ConfigError
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
+from trainables.problems.cityscapes import Cityscapes
 from trainables.problems.multi_mnist import MultiMNIST
+from trainables.problems.nyuv2 import NYUv2
+from trainables.problems.qm9 import QM9
 from trainables.problems.toy import CAGradToy
 from trainables.registry import Registry
 
 PROBLEMS: Registry[type[Problem]] = Registry("problem")
 PROBLEMS.register(MultiMNIST.name, MultiMNIST)
 PROBLEMS.register(CAGradToy.name, CAGradToy)
+PROBLEMS.register(Cityscapes.name, Cityscapes)
+PROBLEMS.register(NYUv2.name, NYUv2)
+PROBLEMS.register(QM9.name, QM9)
 
 
 def build_problem(name: str, options: Mapping[str, Any] | None = None) -> Problem:

@@ -1,0 +1,279 @@
+"""The figures of ``searcher report``: a static PNG (matplotlib's Agg canvas) and an interactive HTML (plotly) each.
+
+- two metric columns: a scatter of the runs with the Pareto front (`003` §2) and the
+  single-task references;
+- more: parallel coordinates, one axis per metric, every axis oriented so that up is better,
+  Pareto-optimal runs drawn bold and saturated, the others faint (as `003` Figure 2);
+- the per-epoch task weights of each SMTO's best run (as `002` Figure 6).
+
+The HTML files embed plotly.js, so they open without a network (e.g. on a cluster) and in
+the MLflow UI's artifact viewer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+#: Marker of each optimizer in the scatter (others get "D").
+OPTIMIZER_MARKERS = {"adam": "o", "adamw": "^", "sgd": "s"}
+PLOTLY_SYMBOLS = {"o": "circle", "^": "triangle-up", "s": "square", "D": "diamond"}
+
+
+def palette(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per label (hex, shared by matplotlib and plotly), stable for a given set of labels."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    names = list(dict.fromkeys(labels))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: to_hex(cmap(i % cmap.N)) for i, name in enumerate(names)}
+
+
+def direction_label(column: str, higher_is_better: bool) -> str:
+    return f"{column} ({'higher' if higher_is_better else 'lower'} is better)"
+
+
+def better_arrow(x_higher: bool, y_higher: bool) -> str:
+    """The direction of the better corner of a scatter (the front lies towards it)."""
+    return {(True, True): "↗", (True, False): "↘", (False, True): "↖", (False, False): "↙"}[(x_higher, y_higher)]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _write_html(fig: Any, path: Path) -> Path:
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+# ------------------------------------------------------------------ two metrics: scatter and front
+
+
+def pareto_scatter(runs: pd.DataFrame, columns: Sequence[str], higher_is_better: Sequence[bool],
+                   references: Mapping[str, float], title: str, png: str | Path, html: str | Path) -> tuple[Path, Path]:
+    """Scatter of the runs on two metrics, the front joined by a line; dashed lines at the single-task references.
+
+    ``runs`` has one row per run with ``label`` (method), ``optimizer``, ``run_name``,
+    ``run_id``, ``pareto_optimal`` and the two metric ``columns``.
+    """
+    x, y = columns
+    hx, hy = higher_is_better
+    colors = palette(runs["label"])
+    fig = _new_figure(7.5, 5.5)
+    ax = fig.add_subplot()
+    for label, group in runs.groupby("label", sort=False):
+        for optimizer, sub in group.groupby("optimizer", sort=False):
+            marker = OPTIMIZER_MARKERS.get(str(optimizer), "D")
+            front = sub["pareto_optimal"].to_numpy(bool)
+            ax.scatter(sub[x][~front], sub[y][~front], marker=marker, s=28, color=colors[label], alpha=0.45, linewidths=0)
+            ax.scatter(sub[x][front], sub[y][front], marker=marker, s=70, color=colors[label], edgecolors="black",
+                       linewidths=1.2, zorder=3)
+    front = runs[runs["pareto_optimal"]].sort_values(x)
+    if len(front) > 1:
+        ax.plot(front[x], front[y], "-", color="black", lw=1, alpha=0.7, zorder=2)
+    for column, vertical in ((x, True), (y, False)):
+        if column in references:
+            line = ax.axvline if vertical else ax.axhline
+            line(references[column], ls="--", lw=1, color="0.35")
+            if vertical:
+                ax.annotate(f"single-task {column}", (references[column], 1), xycoords=("data", "axes fraction"),
+                            xytext=(3, -3), textcoords="offset points", rotation=90, va="top", fontsize=7, color="0.3")
+            else:
+                ax.annotate(f"single-task {column}", (0, references[column]), xycoords=("axes fraction", "data"),
+                            xytext=(3, 3), textcoords="offset points", fontsize=7, color="0.3")
+    ax.set_xlabel(direction_label(x, hx))
+    ax.set_ylabel(direction_label(y, hy))
+    ax.grid(alpha=0.3)
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=label) for label, c in colors.items()]
+    handles += [Line2D([], [], ls="", marker=OPTIMIZER_MARKERS.get(str(o), "D"), color="0.5", label=str(o))
+                for o in dict.fromkeys(runs["optimizer"])]
+    handles.append(Line2D([], [], ls="-", marker="o", color="black", markerfacecolor="white", label="Pareto front"))
+    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.85)
+    ax.set_title(f"{title}; better: {better_arrow(hx, hy)}", fontsize=10)
+    png = Path(png)
+    fig.savefig(png, format="png")
+    return png, _pareto_scatter_html(runs, columns, higher_is_better, references, colors, title, Path(html))
+
+
+def _pareto_scatter_html(runs: pd.DataFrame, columns: Sequence[str], higher_is_better: Sequence[bool],
+                         references: Mapping[str, float], colors: Mapping[str, str], title: str, path: Path) -> Path:
+    import plotly.graph_objects as go
+
+    x, y = columns
+    fig = go.Figure()
+    for label, group in runs.groupby("label", sort=False):
+        symbols = [PLOTLY_SYMBOLS[OPTIMIZER_MARKERS.get(str(o), "D")] for o in group["optimizer"]]
+        front = group["pareto_optimal"].to_numpy(bool)
+        fig.add_trace(go.Scatter(
+            x=group[x], y=group[y], mode="markers", name=str(label),
+            marker={"color": colors[label], "symbol": symbols, "size": np.where(front, 13, 8).tolist(),
+                    "line": {"color": "black", "width": np.where(front, 1.5, 0).tolist()},
+                    "opacity": 0.9},
+            customdata=np.stack([group["run_name"], group["run_id"], group["optimizer"],
+                                 np.where(front, "yes", "no")], axis=1),
+            hovertemplate=(f"%{{customdata[0]}} (%{{customdata[1]}})<br>optimizer %{{customdata[2]}}<br>"
+                           f"{x} = %{{x:.5g}}<br>{y} = %{{y:.5g}}<br>Pareto-optimal: %{{customdata[3]}}<extra>{label}</extra>"),
+        ))
+    front = runs[runs["pareto_optimal"]].sort_values(x)
+    if len(front) > 1:
+        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front", hoverinfo="skip",
+                                 line={"color": "black", "width": 1}))
+    if x in references:
+        fig.add_vline(x=references[x], line_dash="dash", line_color="gray", annotation_text=f"single-task {x}")
+    if y in references:
+        fig.add_hline(y=references[y], line_dash="dash", line_color="gray", annotation_text=f"single-task {y}")
+    hx, hy = higher_is_better
+    fig.update_layout(title=f"{title}; better: {better_arrow(hx, hy)}", xaxis_title=direction_label(x, hx),
+                      yaxis_title=direction_label(y, hy),
+                      legend_title_text="method", template="plotly_white")
+    return _write_html(fig, path)
+
+
+# ------------------------------------------------------------------ more metrics: parallel coordinates
+
+
+def parallel_coordinates(runs: pd.DataFrame, columns: Sequence[str], higher_is_better: Sequence[bool],
+                         title: str, png: str | Path, html: str | Path) -> tuple[Path, Path]:
+    """One vertical axis per metric, scaled to its range and flipped where lower is better (up = better)."""
+    colors = palette(runs["label"])
+    values = runs[list(columns)].to_numpy(dtype=float)
+    lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    scaled = (values - lo) / span
+    flip = ~np.asarray(higher_is_better, dtype=bool)
+    scaled[:, flip] = 1.0 - scaled[:, flip]
+    positions = np.arange(len(columns))
+    fig = _new_figure(max(6.0, 1.6 * len(columns) + 2.5), 5.0)
+    ax = fig.add_subplot()
+    front = runs["pareto_optimal"].to_numpy(bool)
+    for order in (False, True):  # faint lines first, the front on top
+        for i in np.flatnonzero(front == order):
+            label = runs["label"].iloc[i]
+            ax.plot(positions, scaled[i], color=colors[label], lw=2.2 if order else 0.8, alpha=0.95 if order else 0.3,
+                    zorder=3 if order else 1)
+    for p, column in enumerate(columns):
+        ax.axvline(p, color="0.3", lw=0.8)
+        top, bottom = (hi[p], lo[p]) if higher_is_better[p] else (lo[p], hi[p])
+        ax.annotate(f"{top:.4g}", (p, 1.0), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+        ax.annotate(f"{bottom:.4g}", (p, 0.0), xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize=7)
+    ax.set_xticks(positions, [f"{c}\n({'higher' if h else 'lower'} is better)" for c, h in zip(columns, higher_is_better)],
+                  fontsize=8)
+    ax.set_yticks([0, 1], ["worst", "best"])
+    ax.set_ylim(-0.08, 1.08)
+    ax.set_xlim(-0.3, len(columns) - 0.7)
+    ax.set_ylabel("scaled to the runs' range (up = better)")
+    handles = [Line2D([], [], color=c, lw=2, label=label) for label, c in colors.items()]
+    handles += [Line2D([], [], color="0.2", lw=2.2, label="Pareto-optimal"),
+                Line2D([], [], color="0.2", lw=0.8, alpha=0.4, label="dominated")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title, fontsize=10)
+    png = Path(png)
+    fig.savefig(png, format="png")
+    return png, _parallel_html(runs, columns, higher_is_better, colors, title, Path(html))
+
+
+def _parallel_html(runs: pd.DataFrame, columns: Sequence[str], higher_is_better: Sequence[bool],
+                   colors: Mapping[str, str], title: str, path: Path) -> Path:
+    import plotly.graph_objects as go
+
+    labels = list(colors)
+    codes = runs["label"].map({label: i for i, label in enumerate(labels)}).to_numpy(float)
+    n = max(len(labels) - 1, 1)
+    if len(labels) > 1:
+        scale = [[i / n, colors[label]] for i, label in enumerate(labels)]
+    else:
+        scale = [[0, colors[labels[0]]], [1, colors[labels[0]]]]
+    dimensions = []
+    for column, higher in zip(columns, higher_is_better):
+        values = runs[column].to_numpy(float)
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        dimensions.append({"label": f"{column} {'↑' if higher else '↓'}", "values": values,
+                           "range": [lo, hi] if higher else [hi, lo]})
+    dimensions.append({"label": "Pareto-optimal", "values": runs["pareto_optimal"].astype(int).to_numpy(),
+                       "tickvals": [0, 1], "ticktext": ["no", "yes"], "range": [0, 1]})
+    fig = go.Figure(go.Parcoords(
+        line={"color": codes, "colorscale": scale, "cmin": 0, "cmax": n, "showscale": True,
+              "colorbar": {"tickvals": list(range(len(labels))), "ticktext": labels, "title": {"text": "method"}}},
+        dimensions=dimensions,
+    ))
+    fig.update_layout(title=f"{title} (every axis: up = better; drag on an axis to filter)", template="plotly_white")
+    return _write_html(fig, path)
+
+
+# ------------------------------------------------------------------ weight trajectories
+
+
+def normalized_rows(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, bool]:
+    """Each epoch's weights divided by their sum (as `002` §3.5 normalizes them); raw if a sum is not positive."""
+    raw = np.asarray(rows, dtype=float)
+    sums = raw.sum(axis=1, keepdims=True)
+    if (sums > 0).all() and np.isfinite(raw).all():
+        return raw / sums, True
+    return raw, False
+
+
+def weight_trajectories(histories: Mapping[str, Mapping[str, Any]], title: str,
+                        png: str | Path, html: str | Path) -> tuple[Path, Path]:
+    """One panel per SMTO: its best run's per-epoch task weights (``weight/<task>``), normalized to sum 1.
+
+    ``histories`` maps a method to ``{"run_name", "run_id", "tasks", "epochs", "rows"}``.
+    """
+    methods = list(histories)
+    ncols = min(3, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig = _new_figure(4.2 * ncols + 0.5, 3.2 * nrows + 0.4)
+    tasks_all = list(dict.fromkeys(t for h in histories.values() for t in h["tasks"]))
+    colors = palette(tasks_all)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        h = histories[method]
+        values, normalized = normalized_rows(h["rows"])
+        for i, task in enumerate(h["tasks"]):
+            ax.plot(h["epochs"], values[:, i], "-o", ms=3, lw=1.5, color=colors[task], label=task)
+        ax.set_title(f"{method} (run {h['run_name']})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("weight (sum 1 over tasks)" if normalized else "weight (as applied)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(h["tasks"]) > 4 else 1)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    png = Path(png)
+    fig.savefig(png, format="png")
+    return png, _weights_html(histories, colors, title, Path(html))
+
+
+def _weights_html(histories: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str], title: str, path: Path) -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    methods = list(histories)
+    ncols = min(3, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[f"{m} (run {histories[m]['run_name']})" for m in methods])
+    shown: set[str] = set()
+    for k, method in enumerate(methods):
+        h = histories[method]
+        values, _ = normalized_rows(h["rows"])
+        for i, task in enumerate(h["tasks"]):
+            fig.add_trace(go.Scatter(x=h["epochs"], y=values[:, i], mode="lines+markers", name=task, legendgroup=task,
+                                     showlegend=task not in shown, line={"color": colors[task]},
+                                     hovertemplate=f"{method}: {task}<br>epoch %{{x}}<br>weight %{{y:.4f}}<extra></extra>"),
+                          row=k // ncols + 1, col=k % ncols + 1)
+            shown.add(task)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="weight")
+    fig.update_layout(title=title, template="plotly_white", legend_title_text="task")
+    return _write_html(fig, path)

@@ -1,0 +1,58 @@
+"""The NYUv2 spaces: SegNet (MTAN's split baseline) and ResNet-50 + DeepLab heads.
+
+What the seeds ran on NYUv2:
+
+* `000` Table 1 (LibMTL, and MTAN / CAGrad / Nash-MTL): Adam, lr 1e-4, weight decay 0,
+  batch 2, 200 epochs, lr halved every 100 epochs, augmentation on.
+* `003` §4.1.2 and A3: SegNet and DeepLabV3+ (ResNet-50), lr searched over
+  {0.5, 0.1, 0.05, ..., 1e-5} for Adam and for SGD with momentum, weight decay 1e-5,
+  batch 8, 200 epochs, 159 of the 795 training images held out for validation.
+* `001` A.2: dilated ResNet-50 + DeepLabV3, Adam, lr in {8e-4, 4e-4, 2e-4, 1e-4, 8e-5},
+  weight decay 5e-4, batch 8, 100 epochs.
+
+Our grid: `003`'s learning rates with the optimizer as a searched choice (`003` §4.1), and
+weight decay over the three values the seeds used. Batch 8 and 200 epochs (`003`); the lr is
+halved every 100 epochs as `000` does it (as an ExponentialLR of the same lr at epochs 100 and
+200, the problem's default). MTAN's ``val`` folder is the test split; validation is a seeded
+20 % of ``train`` (see ``trainables.problems.nyuv2``).
+"""
+
+from __future__ import annotations
+
+from spaces.base import OPTIMIZERS, SearchSpace
+
+#: `003` §4.1.2: "ten different initial learning rates from [0.5, 0.1, 0.05, ..., 0.00001]".
+NYUV2_LR_GRID = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001)
+#: `001` A.2 (AMTL, ResNet-50 + DeepLabV3, Adam): a finer grid around Adam's 1e-4.
+NYUV2_LR_GRID_AMTL = (8e-4, 4e-4, 2e-4, 1e-4, 8e-5)
+#: Weight decay of `000` Table 1 (0), `003` A3.1 (1e-5) and `001` A.2 (5e-4).
+NYUV2_WEIGHT_DECAY_GRID = (0.0, 1e-5, 5e-4)
+#: `003` A3.1: batch 8 for 200 epochs.
+_CONSTANTS = {"batch_size": 8}
+
+#: The methods of `000` Table 2 and `003` Table A5 that we have, plus the single-task reference.
+DEFAULT_METHODS = ("ew", "uw", "dwa", "rlw_normal", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "single_task")
+
+_COMMON = {"lr": NYUV2_LR_GRID, "weight_decay": NYUV2_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
+
+NYUV2 = SearchSpace(
+    name="nyuv2",
+    problem="nyuv2",
+    problem_options={"model": "segnet"},
+    description="NYUv2 (MTAN npy): 13-class seg + depth + normals, MTAN's SegNet split (`000` Table 2, `003`)",
+    common=_COMMON,
+    constants=_CONSTANTS,
+    default_methods=DEFAULT_METHODS,
+    max_epochs=200,
+)
+
+NYUV2_R50 = SearchSpace(
+    name="nyuv2_r50",
+    problem="nyuv2",
+    problem_options={"model": "resnet50_deeplab"},
+    description="NYUv2 (MTAN npy): seg + depth + normals, dilated ResNet-50 + DeepLab heads (`001`, `003`)",
+    common=_COMMON,
+    constants=_CONSTANTS,
+    default_methods=DEFAULT_METHODS,
+    max_epochs=200,
+)

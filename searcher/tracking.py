@@ -87,6 +87,13 @@ class TrialLogger(MLflowLoggerCallback):
         self.max_epochs = max_epochs
         self._last: dict[Any, dict[str, Any]] = {}
 
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        super().setup(*args, **kwargs)
+        # Ray resolves the experiment from MLFLOW_EXPERIMENT_ID before the name when that is
+        # set (a user's shell, or an earlier `mlflow.set_experiment` in this process); the
+        # search's --experiment is the one the user asked for.
+        self.mlflow_util.experiment_id = init_store(self.tracking_uri, self.experiment_name)
+
     def log_trial_start(self, trial: Any) -> None:
         if trial in self._trial_runs:
             return

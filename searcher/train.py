@@ -31,8 +31,9 @@ def train_once(
     if run_index is not None:
         config["run_index"] = run_index
     trainer = Trainer(session.problem, config, session.settings.data)
-    tracking.init_store(tracking_uri, experiment)
-    mlflow.set_experiment(experiment)
+    # the experiment id is passed explicitly: `mlflow.set_experiment` would also export
+    # MLFLOW_EXPERIMENT_ID, which later searches in this process would silently log to
+    experiment_id = tracking.init_store(tracking_uri, experiment)
     tags = tracking.run_tags(
         config,
         {
@@ -41,7 +42,7 @@ def train_once(
         },
     )
     last: dict[str, Any] = {}
-    with mlflow.start_run(run_name=tracking.run_name(config), tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name(config), tags=tags) as run:
         params = {k: v for k, v in trainer.config.items()}
         params.update({f"{method}.{k}": v for k, v in trainer.method.params.items()})
         params.update({"data_source": data_source(session), "max_epochs": session.settings.max_epochs})

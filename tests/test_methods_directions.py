@@ -12,11 +12,11 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods import build_method
 from trainables.methods.db_mtl import DBMTL, loss_scales
-from trainables.methods.graddrop import GradDrop, graddrop_masks, sign_purity
-from trainables.methods.gradnorm import GradNorm, gradnorm_update
-from trainables.methods.gradvac import GradVac, gradvac_coefficients
-from trainables.methods.moco import MoCo, project_simplex
-from trainables.methods.pcgrad import PCGrad, pcgrad_coefficients
+from trainables.methods.graddrop import graddrop_masks, sign_purity
+from trainables.methods.gradnorm import gradnorm_update
+from trainables.methods.gradvac import gradvac_coefficients
+from trainables.methods.moco import project_simplex
+from trainables.methods.pcgrad import pcgrad_coefficients
 from trainables.methods.rgw import RandomGradientWeighting
 from trainables.problems import build_problem
 from trainables.problems.base import TaskSpec

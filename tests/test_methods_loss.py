@@ -18,12 +18,7 @@ from torch import nn
 from trainables.errors import ConfigError
 from trainables.methods import build_method
 from trainables.methods.dtp import DynamicTaskPrioritization, dtp_kpi_weights, dtp_weights
-from trainables.methods.dwa import DynamicWeightAverage
 from trainables.methods.famo import FAMO, softmax_vjp
-from trainables.methods.gls import GeometricLossStrategy
-from trainables.methods.rlw import RLWDirichlet, RLWNormal
-from trainables.methods.si import ScaleInvariant
-from trainables.methods.uw_o import AnalyticalUncertaintyWeighting
 from trainables.problems import build_problem
 from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer

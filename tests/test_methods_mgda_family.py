@@ -17,13 +17,13 @@ from scipy.optimize import minimize
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, build_method
 from trainables.methods.aligned_mtl import AlignedMTL, AlignedMTLUB, aligned_matrix, aligned_mtl_weights
-from trainables.methods.cdtt import CDTT, WINDOW, apply_tensioners, direction_check, tensions
-from trainables.methods.edm import EDM, edm_weights
-from trainables.methods.imtl import IMTL, IMTLG, imtl_g_scales
+from trainables.methods.cdtt import WINDOW, apply_tensioners, direction_check, tensions
+from trainables.methods.edm import edm_weights
+from trainables.methods.imtl import imtl_g_scales
 from trainables.methods import nash_mtl as nash_module
 from trainables.methods.mgda import MGDA, MGDAUB, gradient_normalizers, mgda_weights
 from trainables.methods.min_norm import min_norm_weights, two_task_min_norm
-from trainables.methods.nash_mtl import NashMTL, clip_factor, nash_bargaining_weights
+from trainables.methods.nash_mtl import clip_factor, nash_bargaining_weights
 from trainables.problems import build_problem
 from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer

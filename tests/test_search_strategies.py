@@ -3,7 +3,6 @@ weight simplex that ``fixed`` searches."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import mlflow
@@ -15,7 +14,7 @@ from searcher.samplers import grid_sampler
 from searcher.search import SearchOptions, objectives, plan_search, run_search
 from searcher.session import open_session
 from spaces import SPACES, grid_points, suggest, suggest_grid_point
-from spaces.simplex import simplex_grid, simplex_lattice, suggest_simplex, weights_from_u
+from spaces.simplex import simplex_grid, simplex_lattice, weights_from_u
 from trainables.errors import ConfigError
 from trainables.methods.fixed import parse_weights
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import optuna
 import pytest
@@ -70,6 +72,27 @@ def test_search_leaves_one_mlflow_run_per_trial_with_epoch_metrics(ray_session, 
         best = trials[trials["params.method"] == row["method"]]["metrics.best/val_score"].max()
         assert row["val_score"] == pytest.approx(best, abs=1e-3)
     assert (tmp_path / "ray" / "toy-test").is_dir()
+
+
+def test_a_search_logs_to_its_own_experiment_whatever_mlflow_experiment_id_says(ray_session, tracking_uri, tmp_path, monkeypatch):
+    """MLFLOW_EXPERIMENT_ID (a user's shell, or `mlflow.set_experiment` earlier in the process)
+    takes precedence over the experiment name in Ray's MLflow callback; ours must not follow it."""
+    from searcher.train import train_once
+
+    client = MlflowClient(tracking_uri)
+    other = client.create_experiment("other")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", other)
+    session = open_session("toy", ["ew"], ["steps_per_epoch=5"], None, max_epochs=1)
+    run_search(session, SearchOptions(num_samples=2, seed=0, storage=str(tmp_path / "ray"), name="own"), tracking_uri, "own")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    train_once(session, tracking_uri, "own-train", seed=0)
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ  # a single run does not export it either
+
+    def count(name: str) -> int:
+        return len(client.search_runs([client.get_experiment_by_name(name).experiment_id]))
+
+    assert count("own") == 3 and count("own-train") == 1  # the search's parent run and two trials
+    assert count("other") == 0
 
 
 def test_a_diverging_trial_is_marked_and_does_not_stop_the_search(ray_session, tracking_uri, tmp_path):

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from trainables.gradients import gramian64
 from trainables.methods.base import GradientAggregator, Hyperparameter

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -25,13 +25,12 @@ from analysis.extract import extract_from_run, get_run, open_client, read_weight
 from analysis.weights import DEFAULT_BETA
 from searcher.session import Session, data_source, open_session
 from trainables.errors import ConfigError
+from trainables.problems.base import Problem
 
 #: Reruns' base seed is the source's plus this (see the module docstring).
 RERUN_SEED_OFFSET = 10_000
 #: Common hyperparameters taken from the source run (the method's own are replaced by ``fixed``).
 CARRIED_COMMON = ("lr", "dropout", "optimizer", "weight_decay", "momentum", "batch_size", "lr_decay")
-#: The problem option that picks the data; the rerun pins it to the data the source run used.
-DATA_SOURCE_OPTION = "digit_source"
 #: Where the weights a rerun used go among its artifacts.
 WEIGHTS_ARTIFACT = "fixed_weights.json"
 
@@ -49,13 +48,17 @@ class Rerun:
     seed: int
 
 
-def source_params(run: Run, problem_keys: set[str], problem_defaults: Mapping[str, Any]) -> dict[str, str]:
-    """The source's common hyperparameters and problem options (``KEY -> value`` as logged)."""
+def source_params(run: Run, problem_keys: set[str], problem: Problem) -> dict[str, str]:
+    """The source's common hyperparameters and problem options (``KEY -> value`` as logged),
+    with the problem's data-source option pinned to the data the source run used ('auto' could
+    pick other data here)."""
     params = run.data.params
     keys = list(CARRIED_COMMON) + [k for k in sorted(problem_keys) if k not in CARRIED_COMMON]
     out = {k: params[k] for k in keys if k in params}
-    if DATA_SOURCE_OPTION in problem_defaults and params.get("data_source"):
-        out[DATA_SOURCE_OPTION] = params["data_source"]  # 'auto' could pick other data here
+    pin = problem.source_option(params["data_source"]) if params.get("data_source") else None
+    if pin is not None:
+        key, value = pin.split("=", 1)
+        out[key] = value
     return out
 
 
@@ -85,7 +88,7 @@ def plan_rerun(
     else:
         record = extract_from_run(client, run_id, DEFAULT_BETA if beta is None else beta)
         weights = [record["weights"][t] for t in problem.task_names]
-    params = source_params(run, set(problem.defaults) | set(space.constants), problem.defaults)
+    params = source_params(run, set(problem.defaults) | set(space.constants), problem)
     params["weights"] = ",".join(f"{t}={w!r}" for t, w in zip(problem.task_names, weights))
     if max_epochs is None and run.data.params.get("max_epochs"):
         max_epochs = int(run.data.params["max_epochs"])

@@ -49,6 +49,10 @@ def quiet_ray_env(address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # Trials checkpoint every epoch with CheckpointConfig(num_to_keep=1), which makes Tune force
+    # an experiment-state snapshot per checkpoint (so a resume never points at a deleted one);
+    # with epochs of a second or two that prints a multi-line warning every few seconds.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def make_scheduler(kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None) -> Any:

@@ -437,3 +437,15 @@ def test_cli_missing_data_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert len(err.splitlines()) == 1
     assert "leftImg8bit_trainvaltest.zip" in err and "disparity_trainvaltest.zip" in err and "--data-dir" in err
+
+
+def test_source_option_pins_the_layout_the_runs_logged(tmp_path):
+    """Reruns and confirmations pin ``layout`` from a run's logged data source (`searcher rerun`)."""
+    problem = build_problem("cityscapes", {"variant": "r18"})
+    for layout, root in (("npy", write_npy(tmp_path / "npy")), ("official", write_official(tmp_path / "official"))):
+        source = problem.prepare(str(root), {"layout": "auto"})["source"]
+        pin = problem.source_option(source)
+        assert pin == f"layout={layout}"
+        key, value = pin.split("=")
+        assert problem.prepare(str(root), {key: value})["source"] == source
+    assert problem.source_option("something-else") is None

@@ -470,3 +470,12 @@ def test_real_qm9pack_subset(tmp_path):
     assert table.mol_id.tolist() == read_qm9pack(Path(data["qm9pack_dir"]))["Index"].iloc[chosen].tolist()
     assert float(table.x[:, 5].max()) <= 9 and table.y.shape == (40, 11)
     assert time.perf_counter() - start < 30
+
+
+def test_source_option_pins_the_source_the_runs_logged(tmp_path):
+    """`searcher rerun` / `confirm` pin ``qm9_source`` from the run's logged data source."""
+    write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
+    problem = build_problem("qm9")
+    source = problem.prepare(str(tmp_path), {"qm9_source": "auto", "subset": 9})["source"]
+    assert source == "qm9pack" and problem.source_option(source) == "qm9_source=qm9pack"
+    assert problem.prepare(str(tmp_path), {"qm9_source": "qm9pack", "subset": 9})["source"] == source

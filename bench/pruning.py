@@ -10,6 +10,7 @@ validation score within noise for at most a quarter of the grid's epochs.
 
     python bench/pruning.py                                # mnist_cl_rr, EW, Adam
     python bench/pruning.py --methods ew,cagrad --samples 60
+    python bench/pruning.py --skip-grid --samples 15 --grace-period 1   # ASHA settings only
 
 Noise: the spread of the grid's validation scores around its best is printed too (the best 5
 configurations' scores), as a scale for "within noise".
@@ -58,7 +59,10 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=["optimizer=adam"], help="fixed values (default optimizer=adam, as `002`)")
     ap.add_argument("--samples", type=int, default=30, help="TPE + ASHA trials")
     ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--grace-period", type=int, default=None, help="ASHA's first rung (default: max_epochs // 5, as tune)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-grid", action="store_true",
+                    help="only TPE + ASHA (the grid's trial-epochs are a count: 42 x 10 = 420 by default)")
     args = ap.parse_args()
 
     quiet_ray_env()
@@ -71,22 +75,25 @@ def main() -> None:
     session = open_session(args.space, methods, args.param, None, args.max_epochs)
     tasks = session.problem.task_names
     results = {}
-    for label, options in (
+    searches = [
         ("grid + FIFO", SearchOptions(search="grid", scheduler="fifo", seed=args.seed, storage=f"{work}/ray", name="grid")),
         ("TPE + ASHA", SearchOptions(search="tpe", scheduler="asha", num_samples=args.samples, seed=args.seed,
-                                     storage=f"{work}/ray", name="tpe")),
-    ):
+                                     grace_period=args.grace_period, storage=f"{work}/ray", name="tpe")),
+    ]
+    for label, options in searches[1:] if args.skip_grid else searches:
         start = time.perf_counter()
         run_search(session, options, uri, options.name)
         results[label] = {**summarize(uri, options.name, session.problem, tasks), "wall_s": round(time.perf_counter() - start)}
     table = pd.DataFrame(results).T
-    grid, tpe = results["grid + FIFO"], results["TPE + ASHA"]
     print(f"\n{args.space}, methods {args.methods}, fixed {args.param}, {session.settings.max_epochs} epochs, "
           f"{os.cpu_count()} CPUs, data {session.settings.data.get('digit_source', '-')}")
     with pd.option_context("display.width", 220, "display.max_colwidth", 60):
         print(table.to_string())
-    print(f"epochs ratio TPE+ASHA / grid: {tpe['trial_epochs'] / grid['trial_epochs']:.3f}; "
-          f"best validation score difference (TPE+ASHA - grid): {tpe['best_val_score'] - grid['best_val_score']:+.2f} points")
+    if "grid + FIFO" in results:
+        grid, tpe = results["grid + FIFO"], results["TPE + ASHA"]
+        print(f"epochs ratio TPE+ASHA / grid: {tpe['trial_epochs'] / grid['trial_epochs']:.3f}; "
+              f"best validation score difference (TPE+ASHA - grid): {tpe['best_val_score'] - grid['best_val_score']:+.2f} points")
+    print(f"ASHA grace period {args.grace_period or 'default'}, {args.samples} TPE samples")
     ray.shutdown()
 
 

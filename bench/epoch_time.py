@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("SEARCHER_OFFLINE", "1")
 
-from searcher.session import open_session  # noqa: E402
+from searcher.session import open_session, run_config  # noqa: E402
 from trainables.trainer import Trainer  # noqa: E402
 
 
@@ -71,8 +71,7 @@ def main() -> None:
             print(f"wrote {args.train_samples} + {args.val_samples} synthetic samples in {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
         session = open_session(args.space, [args.method], args.param, data_dir, max_epochs=1)
-        config = {**session.space.constants, **session.fixed, "method": args.method, "seed": 0}
-        trainer = Trainer(session.problem, config, session.settings.data)
+        trainer = Trainer(session.problem, run_config(session, args.method, seed=0), session.settings.data)
         prepare_s = time.perf_counter() - start
         times = {}
         for part, run in (("train", trainer.train_epoch), ("val", lambda: trainer.evaluate("val")),

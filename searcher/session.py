@@ -49,6 +49,12 @@ def open_session(
     return Session(space, problem, methods, fixed, settings, space_file)
 
 
+def run_config(session: Session, method: str, seed: int) -> dict[str, Any]:
+    """The configuration one training of ``method`` starts from, as ``searcher train`` runs it:
+    the space's constants, then the fixed ``--param`` values."""
+    return {**session.space.constants, **session.fixed, "method": method, "seed": seed}
+
+
 def data_source(session: Session) -> str:
     """Which data the runs train on (logged with every run): what ``prepare`` resolved."""
     data = session.settings.data

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import mlflow
 
 from searcher import tracking
-from searcher.session import Session, data_source, session_tags
+from searcher.session import Session, data_source, run_config, session_tags
 from trainables.errors import DivergedError
 from trainables.trainer import Trainer
 
@@ -27,7 +27,7 @@ def train_once(
     ``tags`` are added to the run's tags (``searcher rerun`` marks its runs with them).
     """
     method = session.methods[0]
-    config = {**session.space.constants, **session.fixed, "method": method, "seed": seed}
+    config = run_config(session, method, seed)
     if run_index is not None:
         config["run_index"] = run_index
     trainer = Trainer(session.problem, config, session.settings.data)

@@ -108,11 +108,9 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
     problem = build_problem(space.problem, space.problem_options)
     problem_keys = set(problem.defaults) | set(space.constants)
     epochs = {int(float(e)) for e in best.get("params.max_epochs", pd.Series(dtype=str)).dropna()}
-    pinned = []
     sources = set(best.get("params.data_source", pd.Series(dtype=str)).dropna())
-    pin = problem.source_option(next(iter(sources))) if len(sources) == 1 else None
-    if pin is not None:
-        pinned.append(pin)  # train on the data the search used
+    pin = problem.source_option(next(iter(sources))) if len(sources) == 1 else {}
+    pinned = [f"{k}={v}" for k, v in pin.items()]  # train on the data the search used
     session = open_session(space_name, sorted(set(best["params.method"])), pinned, data_dir, max(epochs) if epochs else None)
     if sources and data_source(session) not in sources:
         raise ConfigError(f"the runs trained on {sorted(sources)} data, a confirmation here would use {data_source(session)}")

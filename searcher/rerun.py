@@ -55,10 +55,8 @@ def source_params(run: Run, problem_keys: set[str], problem: Problem) -> dict[st
     params = run.data.params
     keys = list(CARRIED_COMMON) + [k for k in sorted(problem_keys) if k not in CARRIED_COMMON]
     out = {k: params[k] for k in keys if k in params}
-    pin = problem.source_option(params["data_source"]) if params.get("data_source") else None
-    if pin is not None:
-        key, value = pin.split("=", 1)
-        out[key] = value
+    if params.get("data_source"):
+        out.update(problem.source_option(params["data_source"]))
     return out
 
 

@@ -477,5 +477,5 @@ def test_source_option_pins_the_source_the_runs_logged(tmp_path):
     write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
     problem = build_problem("qm9")
     source = problem.prepare(str(tmp_path), {"qm9_source": "auto", "subset": 9})["source"]
-    assert source == "qm9pack" and problem.source_option(source) == "qm9_source=qm9pack"
+    assert source == "qm9pack" and problem.source_option(source) == {"qm9_source": "qm9pack"}
     assert problem.prepare(str(tmp_path), {"qm9_source": "qm9pack", "subset": 9})["source"] == source

@@ -90,11 +90,12 @@ class Problem(ABC):
         """Resolve the data once, on the driver. Returns settings passed on to ``load``."""
         return {}
 
-    def source_option(self, source: str) -> str | None:
-        """The ``--param KEY=VALUE`` that makes ``prepare`` pick the data source ``source`` (as runs
-        log it in ``data_source``) where an ``auto`` default could pick another; None when the
-        problem has a single source. Reruns and confirmations pin it to the data of their runs."""
-        return None
+    def source_option(self, source: str) -> dict[str, str]:
+        """The option (``{KEY: VALUE}``, a ``--param``) that makes ``prepare`` pick the data source
+        ``source`` (as runs log it in ``data_source``) where an ``auto`` default could pick
+        another; empty when the problem has a single source. Reruns and confirmations pin it to
+        the data of their runs."""
+        return {}
 
     @abstractmethod
     def load(

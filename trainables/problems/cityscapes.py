@@ -521,9 +521,9 @@ class Cityscapes(Problem):
             raise ConfigError(f"resolution {h}x{w} is too small (at least 8x8)")
         return h, w
 
-    def source_option(self, source: str) -> str | None:
+    def source_option(self, source: str) -> dict[str, str]:
         layout = source.removeprefix("cityscapes-")  # what ``prepare`` logs: cityscapes-<layout>
-        return f"layout={layout}" if layout in ("official", "npy") else None
+        return {"layout": layout} if layout in ("official", "npy") else {}
 
     def prepare(self, data_dir: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
         root, layout = locate(data_dir, str(config.get("layout", "auto")))

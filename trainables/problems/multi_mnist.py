@@ -86,8 +86,8 @@ class MultiMNIST(Problem):
     description = "two real MNIST digits per image; classify (C) or reconstruct (R) the left (L) / right (R) one"
     defaults = {"batch_size": 256, "lr_decay": 0.95, "digit_source": "auto", "data_seed": 0}
 
-    def source_option(self, source: str) -> str | None:
-        return f"digit_source={source}"
+    def source_option(self, source: str) -> dict[str, str]:
+        return {"digit_source": source}
 
     def __init__(self, variant: str = "CL_RR") -> None:
         if variant not in VARIANTS:

@@ -122,8 +122,8 @@ class QM9(Problem):
         total, count = mean_absolute_error(output, target)
         return total * self.target_std[task], count
 
-    def source_option(self, source: str) -> str | None:
-        return f"qm9_source={source}"
+    def source_option(self, source: str) -> dict[str, str]:
+        return {"qm9_source": source}
 
     def prepare(self, data_dir: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
         """Pick the source (downloading PyG's QM9 if online) and featurize/cache what trials need."""

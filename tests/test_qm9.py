@@ -19,6 +19,7 @@ import torch
 
 from trainables.errors import ConfigError, DataError
 from trainables.problems import build_problem, qm9_data
+from trainables.problems.graph_batches import CompleteGraphBatches, fits_on_device
 from trainables.problems.qm9 import QM9, fit_scaling
 from trainables.problems.qm9_data import (
     BOND_SOURCES,
@@ -170,6 +171,74 @@ def test_complete_graph_edges_bond_types_and_distances(five):
     assert methane.edge_index.shape == (2, 20)  # 5 * 4 ordered pairs, no self loops
     assert bool((methane.edge_index[0] != methane.edge_index[1]).all())
     assert methane.edge_attr[:, :4].sum() == 8  # 4 C-H bonds, both directions
+
+
+def reference_batches(table, targets, rows, batch_size, shuffle, generator=None):
+    """PyG's DataLoader over the per-molecule graphs: what the tensor-built batches must equal."""
+    from torch_geometric.loader import DataLoader
+
+    return DataLoader(CompleteGraphs(table, targets, rows), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def assert_same_batch(ours, theirs):
+    for key in ("x", "pos", "edge_index", "edge_attr", "y", "batch", "ptr"):
+        a, b = getattr(ours, key), getattr(theirs, key)
+        assert a.shape == b.shape and a.dtype == b.dtype, key
+        assert torch.allclose(a, b, atol=1e-6) if a.is_floating_point() else torch.equal(a, b), key
+    assert ours.num_graphs == theirs.num_graphs
+
+
+def test_tensor_built_batches_equal_pyg_collated_complete_graphs(five):
+    """Batches cut with tensor ops from the whole table (graph_batches) equal PyG's DataLoader
+    over the per-molecule graphs: nodes, complete-graph edges in order, bond one-hot, distances,
+    targets, batch vector; with the same order for the same shuffling generator."""
+    table = five.select([0, 1, 2, 3, 4, 0, 2, 4, 3])  # 9 molecules of 3 to 13 atoms
+    targets = torch.randn(len(table), len(TARGETS), generator=torch.Generator().manual_seed(1))
+    rows = torch.tensor([8, 0, 3, 5, 1, 7, 2])
+    for batch_size, shuffle in ((3, False), (4, True), (7, True), (1, False)):
+        ours = list(CompleteGraphBatches(table, targets, rows, batch_size, shuffle, torch.Generator().manual_seed(5)))
+        theirs = list(reference_batches(table, targets, rows, batch_size, shuffle, torch.Generator().manual_seed(5)))
+        assert len(ours) == len(theirs) == len(CompleteGraphBatches(table, targets, rows, batch_size, shuffle))
+        for a, b in zip(ours, theirs):
+            assert_same_batch(a, b)
+    # A generator carries on: the second epoch's order differs from the first, as with a DataLoader.
+    batches = CompleteGraphBatches(table, targets, rows, 7, True, torch.Generator().manual_seed(5))
+    first, second = next(iter(batches)), next(iter(batches))
+    assert not torch.equal(first.y, second.y)
+
+
+def test_one_atom_molecule_has_no_edges_and_keeps_its_neighbours_offsets(five):
+    """Degenerate molecule sizes: a 1-atom graph adds no pair; the next graph's indices still start
+    after it (hand-built table: one atom, then HCN)."""
+    hcn = molecule(five, 5)
+    one = qm9_data.MoleculeTable(
+        x=torch.cat([hcn["x"][:1], hcn["x"]]), pos=torch.cat([hcn["pos"][:1], hcn["pos"]]),
+        edge_index=hcn["edge_index"], bond_type=torch.tensor(list(hcn["bonds"].values())),
+        y=torch.zeros(2, 11, dtype=torch.float64), node_ptr=torch.tensor([0, 1, 4]), edge_ptr=torch.tensor([0, 0, 4]),
+        mol_id=torch.tensor([9, 5]), bond_source=torch.zeros(2, dtype=torch.long),
+    )
+    batch = next(iter(CompleteGraphBatches(one, torch.zeros(2, 11), torch.tensor([0, 1]), 2, False)))
+    assert batch.edge_index.tolist() == [[1, 1, 2, 2, 3, 3], [2, 3, 1, 3, 1, 2]]
+    assert batch.batch.tolist() == [0, 1, 1, 1] and batch.num_graphs == 2
+    assert_same_batch(batch, next(iter(reference_batches(one, torch.zeros(2, 11), torch.tensor([0, 1]), 2, False))))
+
+
+def test_data_on_device_option(tmp_path, monkeypatch):
+    write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
+    problem = build_problem("qm9")
+    data = problem.prepare(str(tmp_path), {})
+    cpu = torch.device("cpu")
+    for value in ("auto", "true", "false"):
+        splits = problem.load(data, {"batch_size": 4, "data_on_device": value}, torch.Generator().manual_seed(0), cpu)
+        assert sum(b.num_graphs for b, _ in splits.train) == 10
+    with pytest.raises(ConfigError, match="data_on_device must be auto, true or false"):
+        problem.load(data, {"data_on_device": "gpu"}, torch.Generator(), cpu)
+    # auto: on a GPU only when the molecules take at most a quarter of its free memory.
+    table, _ = load_molecules(data)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * table.nbytes(), 10**12))
+    assert fits_on_device(table, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * table.nbytes() - 1, 10**12))
+    assert not fits_on_device(table, torch.device("cuda")) and fits_on_device(table, cpu)
 
 
 # --------------------------------------------------------------------------- targets and units

@@ -31,13 +31,13 @@ from torch import nn
 from trainables.errors import ConfigError
 from trainables.metrics import MetricSpec, mean_absolute_error
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
+from trainables.problems.graph_batches import CompleteGraphBatches, fits_on_device
 from trainables.problems import qm9_data
 from trainables.problems.qm9_data import (
     NUM_EDGE_FEATURES,
     NUM_NODE_FEATURES,
     REPORT_SCALE,
     TARGETS,
-    CompleteGraphs,
     TargetBatches,
 )
 
@@ -99,7 +99,9 @@ class QM9(Problem):
         "qm9_source": "auto",  # auto, pyg or qm9pack (qm9_data.resolve_source)
         "subset": 0,  # train on a seeded subset of this many molecules (0 = all 130,831)
         "split_seed": 0,  # 0 = the `002` authors' split
-        "num_workers": 0,  # DataLoader workers (each molecule's complete graph is built on read)
+        # Hold the molecules in device memory and build batches there (graph_batches): auto =
+        # on the GPU when they take at most a quarter of its free memory; false = host memory.
+        "data_on_device": "auto",
     }
 
     def __init__(self) -> None:
@@ -138,8 +140,6 @@ class QM9(Problem):
     def load(
         self, data: Mapping[str, Any], config: Mapping[str, Any], generator: torch.Generator, device: torch.device
     ) -> Splits:
-        from torch_geometric.loader import DataLoader
-
         if not data:
             data = qm9_data.resolve_source(str(config.get("qm9_source", "auto")), None, download=False)
         table, rows = qm9_data.load_molecules(data, subset=_int(config, "subset"), seed=_int(config, "split_seed"))
@@ -147,17 +147,19 @@ class QM9(Problem):
         mean, std = fit_scaling(y, rows["train"])
         self.target_std = {t: float(std[k]) for k, t in enumerate(TARGETS)}
         targets = (y - mean) / std
-        batch_size = int(config.get("batch_size", 120))
-        workers = _int(config, "num_workers")
+        on_device = str(config.get("data_on_device", "auto")).strip().lower()
+        if on_device not in ("auto", "true", "false"):
+            raise ConfigError(f"data_on_device must be auto, true or false, got {config.get('data_on_device')!r}")
+        if on_device == "true" or (on_device == "auto" and fits_on_device(table, device)):
+            table = table.to(device)  # once per trial; every batch is then cut on the device
+        batch_size = _int(config, "batch_size")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         loaders, sizes = {}, {}
         for split in ("train", "val", "test"):
             shuffle = split == "train"
-            loader = DataLoader(
-                CompleteGraphs(table, targets, rows[split]), batch_size=batch_size, shuffle=shuffle,
-                generator=generator if shuffle else None, num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-            )
-            loaders[split] = TargetBatches(loader, TARGETS)
+            batches = CompleteGraphBatches(table, targets, rows[split], batch_size, shuffle, generator if shuffle else None)
+            loaders[split] = TargetBatches(batches, TARGETS)
             sizes[split] = len(rows[split])
         return Splits(loaders["train"], loaders["val"], loaders["test"], str(data.get("source")), sizes)
 

@@ -123,6 +123,14 @@ class MoleculeTable:
             mol_id=self.mol_id[rows], bond_source=self.bond_source[rows],
         )
 
+    def to(self, device: torch.device | str) -> "MoleculeTable":
+        """The same table with every tensor on ``device``."""
+        return MoleculeTable(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def nbytes(self) -> int:
+        """Memory the table's tensors take."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
     def save(self, path: Path) -> None:
         """Write atomically (parallel trials may read the cache while one writes it)."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -144,9 +152,9 @@ class MoleculeTable:
 def _gather_ranges(ptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Element indices of segments ``rows`` of a CSR pointer, and the new pointer."""
     starts, counts = ptr[rows], ptr[rows + 1] - ptr[rows]
-    new_ptr = torch.zeros(len(rows) + 1, dtype=torch.long)
+    new_ptr = torch.zeros(len(rows) + 1, dtype=torch.long, device=ptr.device)
     new_ptr[1:] = counts.cumsum(0)
-    offsets = torch.arange(int(new_ptr[-1])) - torch.repeat_interleave(new_ptr[:-1], counts)
+    offsets = torch.arange(int(new_ptr[-1]), device=ptr.device) - torch.repeat_interleave(new_ptr[:-1], counts)
     return torch.repeat_interleave(starts, counts) + offsets, new_ptr
 
 

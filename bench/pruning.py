@@ -12,8 +12,11 @@ validation score within noise for at most a quarter of the grid's epochs.
     python bench/pruning.py --methods ew,cagrad --samples 60
     python bench/pruning.py --skip-grid --samples 15 --grace-period 1   # ASHA settings only
 
-Noise: the spread of the grid's validation scores around its best is printed too (the best 5
-configurations' scores), as a scale for "within noise".
+Noise: "within noise" is measured, not assumed. After the grid, its best configuration is
+retrained with ``--noise-seeds`` new seeds (``searcher confirm``'s repeats), and the standard
+deviation of their best validation scores is the seed noise of one training of that
+configuration; the difference between the two searches' best scores is printed in units of it.
+The spread of the grid's top 5 configurations is printed too.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import tempfile
 import time
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("SEARCHER_OFFLINE", "1")
 
+from searcher.confirm import plan_confirm, run_confirm  # noqa: E402
 from searcher.search import SearchOptions, quiet_ray_env, run_search  # noqa: E402
 from searcher.session import open_session  # noqa: E402
 
@@ -47,9 +52,23 @@ def summarize(uri: str, experiment: str, problem, tasks) -> dict:
         "trial_epochs": int(trials["metrics.epoch"].sum()),
         "best_val_score": float(best["metrics.best/val_score"]),
         "best_test_delta_m": problem.score(test, tasks),
-        "best_config": f"{best['params.method']} lr={best['params.lr']} dropout={best['params.dropout']}",
+        "best_config": " ".join([str(best["params.method"])] + [f"{k}={best[f'params.{k}']}" for k in ("lr", "dropout")
+                                                                 if f"params.{k}" in best]),
         "top5_val_scores": top5,
+        "best_run_id": best["run_id"],
     }
+
+
+def seed_noise(uri: str, experiment: str, run_id: str, seeds: int, storage: str) -> dict:
+    """Retrain run ``run_id`` of ``experiment`` with ``seeds`` new seeds; the spread of their best
+    validation scores (sample std, ddof 1) is one training's seed noise at that configuration."""
+    plan = plan_confirm(uri, experiment, top=1, repeats=seeds, data_dir=None)
+    assert plan.sources["run_id"].tolist() == [run_id], "confirm picked another best run"
+    run_confirm(plan, uri, SearchOptions(storage=storage, name=f"{experiment}-noise"))
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    scores = runs.loc[runs.get("tags.searcher.confirm_of") == run_id, "metrics.best/val_score"].astype(float)
+    return {"seeds": len(scores), "mean": float(scores.mean()), "std": float(scores.std(ddof=1)),
+            "scores": np.round(scores.to_numpy(), 2).tolist()}
 
 
 def main() -> None:
@@ -60,6 +79,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=30, help="TPE + ASHA trials")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--grace-period", type=int, default=None, help="ASHA's first rung (default: max_epochs // 5, as tune)")
+    ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta: keep the top 1/eta of each rung")
+    ap.add_argument("--noise-seeds", type=int, default=4,
+                    help="retrain the grid's best configuration with this many new seeds (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-grid", action="store_true",
                     help="only TPE + ASHA (the grid's trial-epochs are a count: 42 x 10 = 420 by default)")
@@ -78,13 +100,17 @@ def main() -> None:
     searches = [
         ("grid + FIFO", SearchOptions(search="grid", scheduler="fifo", seed=args.seed, storage=f"{work}/ray", name="grid")),
         ("TPE + ASHA", SearchOptions(search="tpe", scheduler="asha", num_samples=args.samples, seed=args.seed,
-                                     grace_period=args.grace_period, storage=f"{work}/ray", name="tpe")),
+                                     grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                                     storage=f"{work}/ray", name="tpe")),
     ]
     for label, options in searches[1:] if args.skip_grid else searches:
         start = time.perf_counter()
         run_search(session, options, uri, options.name)
         results[label] = {**summarize(uri, options.name, session.problem, tasks), "wall_s": round(time.perf_counter() - start)}
-    table = pd.DataFrame(results).T
+    noise = None
+    if "grid + FIFO" in results and args.noise_seeds > 1:
+        noise = seed_noise(uri, "grid", results["grid + FIFO"]["best_run_id"], args.noise_seeds, f"{work}/ray")
+    table = pd.DataFrame(results).T.drop(columns="best_run_id")
     print(f"\n{args.space}, methods {args.methods}, fixed {args.param}, {session.settings.max_epochs} epochs, "
           f"{os.cpu_count()} CPUs, data {session.settings.data.get('digit_source', '-')}")
     with pd.option_context("display.width", 220, "display.max_colwidth", 60):
@@ -93,7 +119,13 @@ def main() -> None:
         grid, tpe = results["grid + FIFO"], results["TPE + ASHA"]
         print(f"epochs ratio TPE+ASHA / grid: {tpe['trial_epochs'] / grid['trial_epochs']:.3f}; "
               f"best validation score difference (TPE+ASHA - grid): {tpe['best_val_score'] - grid['best_val_score']:+.2f} points")
-    print(f"ASHA grace period {args.grace_period or 'default'}, {args.samples} TPE samples")
+    if noise:
+        diff = results["TPE + ASHA"]["best_val_score"] - results["grid + FIFO"]["best_val_score"]
+        print(f"seed noise of the grid's best configuration ({noise['seeds']} new seeds): best val scores "
+              f"{noise['scores']}, mean {noise['mean']:.2f}, std {noise['std']:.2f}; "
+              + (f"TPE+ASHA - grid = {diff / noise['std']:+.2f} std" if noise["std"] > 0 else "no seed noise"))
+    print(f"ASHA grace period {args.grace_period or 'default'}, reduction factor {args.reduction_factor}, "
+          f"{args.samples} TPE samples")
     ray.shutdown()
 
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or nsga2 (multi-objective over the per-task validation metrics)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=3,
+                   help="ASHA: keep the top 1/N of each rung; rungs at grace * N^k epochs (default 3)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
@@ -200,7 +202,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, scheduler=args.scheduler, seed=args.seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
-        address=args.address, grace_period=args.grace_period, search=args.search, resume=args.resume,
+        address=args.address, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor, search=args.search, resume=args.resume,
     )
     if args.resume and not args.name:
         raise ConfigError("--resume needs the --name of the search to continue")

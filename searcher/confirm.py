@@ -25,7 +25,7 @@ import pandas as pd
 
 from searcher import tracking
 from searcher.samplers import grid_sampler
-from searcher.search import SearchOptions, quiet_ray_env, storage_path
+from searcher.search import SearchOptions, quiet_ray_env, start_ray, storage_path
 from searcher.session import Session, data_source, open_session, session_tags
 from trainables.config import COMMON
 from trainables.errors import ConfigError
@@ -132,13 +132,11 @@ def run_confirm(plan: ConfirmPlan, uri: str, options: SearchOptions) -> pd.DataF
     """Train every repeat through Ray Tune (FIFO, every configuration to the end); return a
     table of the source runs and their repeats' mean and std of each test metric."""
     quiet_ray_env(options.address)
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     experiment_id = tracking.init_store(uri, plan.experiment)
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    start_ray(options.address)
     session = plan.session
     max_epochs = session.settings.max_epochs
     name = options.name or f"confirm-{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,15 @@ class SearchOptions:
     name: str | None = None
     address: str | None = None
     grace_period: int | None = None
+    reduction_factor: int = 3
     search: str = "tpe"
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor must be at least 2, got {self.reduction_factor}")
+        if self.grace_period is not None and self.grace_period < 1:
+            raise ConfigError(f"--grace-period must be at least 1, got {self.grace_period}")
 
 
 SEARCHES = ("tpe", "random", "grid", "nsga2")
@@ -55,9 +63,41 @@ def quiet_ray_env(address: str | None = None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def make_scheduler(kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None) -> Any:
+def start_ray(address: str | None) -> None:
+    """``ray.init``: a local Ray, or the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://``).
+
+    A wrong address is a one-line error, quickly: Ray itself retries an address nobody listens
+    at for minutes, printing a warning every few seconds, so a ``HOST:PORT`` is first checked
+    with a plain TCP connection (5 s), and Ray's ``ConnectionError`` (``auto`` with no cluster
+    on this node) becomes a ``ConfigError``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto" and "://" not in address:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as err:
+            raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}); start one there with "
+                              "`ray start --head`, or check --address") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot connect to a Ray cluster at {address}: {reason}") from None
+
+
+def make_scheduler(
+    kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None, reduction_factor: int = 3
+) -> Any:
     """ASHA (or FIFO) over epochs. ``metric`` is given only when the search has several
-    objectives: then ASHA ranks trials by the scalar score and the searcher gets the rest."""
+    objectives: then ASHA ranks trials by the scalar score and the searcher gets the rest.
+    ASHA (Li et al. 2020) keeps the top 1/``reduction_factor`` of each rung; rungs sit at
+    ``grace_period * reduction_factor**k`` epochs."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if kind == "fifo":
@@ -65,7 +105,8 @@ def make_scheduler(kind: str, max_epochs: int, grace_period: int | None, metric:
     grace = grace_period or max(1, max_epochs // 5)
     extra = {"metric": metric, "mode": "max"} if metric else {}
     return ASHAScheduler(
-        time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3, **extra
+        time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace, max_epochs),
+        reduction_factor=reduction_factor, **extra
     )
 
 
@@ -161,7 +202,6 @@ def run_search(
 ) -> pd.DataFrame:
     """Run (or, with ``options.resume``, continue) the search; return the best trial per method."""
     quiet_ray_env(options.address)
-    import ray
     from ray import tune
 
     name = options.name or default_name(session.space.name)
@@ -172,8 +212,7 @@ def run_search(
         raise ConfigError(f"a search named {name!r} already exists at {path}: add --resume to continue it, or pick another --name")
     plan = plan_search(session, options, options.num_samples)
     experiment_id = tracking.init_store(tracking_uri, experiment)
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    start_ray(options.address)
 
     max_epochs = session.settings.max_epochs
     trainable = tune.with_resources(
@@ -219,7 +258,10 @@ def run_search(
                     metric=None if multi else plan.metric,
                     mode=None if multi else plan.mode,
                     search_alg=plan.search_alg,
-                    scheduler=make_scheduler(options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None),
+                    scheduler=make_scheduler(
+                        options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None,
+                        options.reduction_factor,
+                    ),
                     num_samples=plan.num_samples,
                     max_concurrent_trials=options.max_concurrent,
                 ),

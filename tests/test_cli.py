@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ import pytest
 from searcher.cli import main
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SEARCHER_OFFLINE": "1"}
+def run_cli(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEARCHER_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "searcher", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
@@ -49,6 +50,8 @@ def test_spaces_and_methods_json(capsys):
         (["train", "--space", "toy", "--method", "fixed"], "fixed needs its weights"),
         (["train", "--space", "toy", "--method", "fixed", "--param", "weights=1,2,3"], "need 2 values"),
         (["train", "--space", "mnist_cl_rr", "--method", "ew", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
+        (["tune", "--space", "toy", "--reduction-factor", "1"], "--reduction-factor must be at least 2"),
+        (["tune", "--space", "toy", "--grace-period", "0"], "--grace-period must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_line(capsys, tracking_uri, args, message):
@@ -63,6 +66,23 @@ def test_errors_print_no_traceback_from_the_console():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("searcher: error: unknown method 'nope'")
+
+
+def test_a_wrong_ray_address_is_one_line_not_minutes_of_retries(tmp_path):
+    """Ray retries an address nobody listens at for minutes (run_cli would time out); searcher
+    says so in one line. (``auto`` is not tried: Ray finds any Ray running on this machine by
+    its processes, e.g. another test's.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: connections to it are refused
+    env = {"RAY_ADDRESS": ""}
+    for address, message in ((f"127.0.0.1:{port}", f"no Ray cluster answers at 127.0.0.1:{port}"),
+                             ("headnode", "--address must be auto, HOST:PORT or ray://HOST:PORT")):
+        proc = run_cli("tune", "--space", "toy", "--max-epochs", "1", "--address", address,
+                       "--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"searcher: error: {message}")
 
 
 def test_train_logs_one_mlflow_run(capsys, tracking_uri):

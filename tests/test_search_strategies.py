@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from searcher.samplers import grid_sampler
-from searcher.search import SearchOptions, objectives, plan_search, run_search
+from searcher.search import SearchOptions, make_scheduler, objectives, plan_search, run_search
 from searcher.session import open_session
 from spaces import SPACES, grid_points, suggest, suggest_grid_point
 from spaces.simplex import simplex_grid, simplex_lattice, weights_from_u
@@ -115,6 +115,18 @@ def test_plan_rejects_more_samples_than_grid_points_and_unknown_searches():
         plan_search(session, SearchOptions(search="grid"), 6)
     with pytest.raises(ConfigError, match="unknown search"):
         plan_search(session, SearchOptions(search="bayes"), 3)
+
+
+def test_asha_rungs_sit_at_grace_times_powers_of_the_reduction_factor():
+    """ASHA (Li et al. 2020, Alg. 1): rung k at grace * eta^k epochs, below max_t; FIFO has none.
+    (Read from Ray's scheduler: its milestones are what decides when trials can be stopped.)"""
+    def rungs(scheduler):
+        return sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+
+    assert rungs(make_scheduler("asha", 30, 3, reduction_factor=3)) == [3, 9, 27]
+    assert rungs(make_scheduler("asha", 10, 2, reduction_factor=4)) == [2, 8]
+    assert rungs(make_scheduler("asha", 10, None)) == [2, 6]  # default grace: max_epochs // 5, eta 3
+    assert not hasattr(make_scheduler("fifo", 10, None), "_brackets")
 
 
 def test_nsga2_objectives_follow_each_tasks_metric_direction():

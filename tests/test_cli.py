@@ -51,6 +51,7 @@ def test_spaces_and_methods_json(capsys):
         (["train", "--space", "toy", "--method", "fixed", "--param", "weights=1,2,3"], "need 2 values"),
         (["train", "--space", "mnist_cl_rr", "--method", "ew", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
         (["tune", "--space", "toy", "--reduction-factor", "1"], "--reduction-factor must be at least 2"),
+        (["train", "--space", "toy", "--method", "mgda", "--param", "grad_chunk=-1"], "grad_chunk must be 0"),
         (["tune", "--space", "toy", "--grace-period", "0"], "--grace-period must be at least 1"),
     ],
 )

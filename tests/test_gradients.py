@@ -64,6 +64,26 @@ def test_param_grads_batched_loop_and_reference_agree(lenet):
     torch.testing.assert_close(looped, reference, atol=ATOL, rtol=RTOL)
 
 
+def test_chunked_batched_grads_equal_the_loop_for_every_chunk_size():
+    """T = 5 tasks on a small encoder: batched passes over chunks of 1, 2, 3, 5 (and 0 = all; 7 > T)
+    tasks give the loop's (T, d) gradients, rows in task order (a short last chunk included)."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    shared = list(encoder.parameters())
+    z = encoder(torch.randn(10, 6))
+    z_leaf = z.detach().requires_grad_(True)
+    heads = torch.randn(5, 4)
+    losses = ((z_leaf @ heads.T) ** 2).mean(0) * torch.arange(1.0, 6.0)  # 5 distinct task losses
+    z_grads = feature_grads(losses, z_leaf)
+    looped = param_grads(z, shared, z_grads, batched=False)
+    assert looped.shape == (5, sum(p.numel() for p in shared)) and looped.abs().sum(1).min() > 0
+    for chunk in (1, 2, 3, 5, 0, 7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no silent fallback to the loop
+            chunked = param_grads(z, shared, z_grads, batched=True, chunk=chunk)
+        torch.testing.assert_close(chunked, looped, atol=ATOL, rtol=RTOL)
+
+
 def test_feature_grads_match_per_task_autograd(lenet):
     """feature_grads = d L_t / d z for each task, as separate autograd calls give it."""
     problem, model, x, targets, z, z_leaf, losses = lenet
@@ -194,11 +214,12 @@ class RandomMultiMNIST(MultiMNIST):
 
 
 def test_lenet_trainer_batched_and_looped_same_update():
-    """On the LeNet, cagrad steps with batched_grads True and False give the same parameters."""
+    """On the LeNet, cagrad steps with batched_grads True, False, and True in chunks of one task
+    (grad_chunk=1) give the same parameters."""
     results = []
-    for batched in (True, False):
+    for batched, chunk in ((True, 0), (False, 0), (True, 1)):
         config = {"method": "cagrad", "device": "cpu", "batch_size": 8, "optimizer": "sgd",
-                  "lr": 0.05, "momentum": 0.0, "batched_grads": batched, "seed": 1}
+                  "lr": 0.05, "momentum": 0.0, "batched_grads": batched, "grad_chunk": chunk, "seed": 1}
         trainer = Trainer(RandomMultiMNIST("CL_RR"), config)
         start = [p.detach().clone() for p in trainer.model.parameters()]
         with warnings.catch_warnings():
@@ -208,5 +229,6 @@ def test_lenet_trainer_batched_and_looped_same_update():
         end = [p.detach().clone() for p in trainer.model.parameters()]
         assert any(not torch.equal(s, e) for s, e in zip(start, end))
         results.append(end)
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

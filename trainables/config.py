@@ -29,6 +29,10 @@ COMMON: dict[str, Hyperparameter] = {
         "auto", str, "per-task gradients in one batched pass (true), a loop (false), or auto: batched on a GPU, "
         "the loop on the CPU, where it measured faster (docs/benchmarks.md)"
     ),
+    "grad_chunk": Hyperparameter(
+        0, int, "batched per-task gradients: at most this many tasks per batched backward (0 = all); the batched "
+        "pass holds every task's activation gradients at once, a chunk of k holds k"
+    ),
     "seed": Hyperparameter(0, int, "base seed; a run's seed is seed + its run index"),
     "run_index": Hyperparameter(0, int, "index of the run in its search (seeds derive from it)"),
     "device": Hyperparameter("auto", str, "auto, cpu or cuda"),
@@ -56,6 +60,8 @@ def resolve(config: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, 
     if str(merged["batched_grads"]).lower() not in BATCHED:
         raise ConfigError(f"batched_grads must be auto, true or false, got {merged['batched_grads']!r}")
     merged["batched_grads"] = str(merged["batched_grads"]).lower()
+    if int(merged["grad_chunk"]) < 0:
+        raise ConfigError(f"grad_chunk must be 0 (all tasks at once) or a positive number of tasks, got {merged['grad_chunk']}")
     if merged["grad_level"] not in GRAD_LEVELS:
         raise ConfigError(f"grad_level must be one of {', '.join(GRAD_LEVELS)}, got {merged['grad_level']!r}")
     if "method" not in merged:

@@ -5,6 +5,11 @@ with respect to z come from the (cheap) heads, all T at once; the per-task gradi
 respect to the shared parameters are then one batched vector-Jacobian product through the
 encoder (``torch.autograd.grad(..., is_grads_batched=True)``, vmap over the backward). A plain
 loop over tasks is kept as a fallback for ops that vmap does not cover; tests check both agree.
+
+The batched pass holds every task's activation gradients at once: T times what one backward
+holds (6.2x EW's step memory for QM9's network at T = 11, bench/step_memory.py), which can
+exceed the per-task Jacobian itself by far. ``chunk`` bounds it: at most that many tasks per
+batched pass, at the price of more, smaller passes.
 """
 
 from __future__ import annotations
@@ -29,16 +34,29 @@ def feature_grads(losses: torch.Tensor, z: torch.Tensor, create_graph: bool = Fa
 
 
 def param_grads(
-    z: torch.Tensor, params: list[nn.Parameter], z_grads: torch.Tensor, batched: bool = True, create_graph: bool = False
+    z: torch.Tensor,
+    params: list[nn.Parameter],
+    z_grads: torch.Tensor,
+    batched: bool = True,
+    create_graph: bool = False,
+    chunk: int = 0,
 ) -> torch.Tensor:
-    """Per-task gradients on the shared parameters, (T, d), from the per-task gradients on z."""
+    """Per-task gradients on the shared parameters, (T, d), from the per-task gradients on z.
+
+    ``batched``: vmapped backward passes over at most ``chunk`` tasks each (0: all at once);
+    otherwise one plain backward per task.
+    """
     if batched:
+        size = chunk if chunk > 0 else z_grads.shape[0]
         try:
-            grads = torch.autograd.grad(
-                z, params, grad_outputs=z_grads, is_grads_batched=True, retain_graph=True, allow_unused=True,
-                create_graph=create_graph,
-            )
-            return _flatten(grads, params, z_grads.shape[0])
+            rows = []
+            for part in z_grads.split(size):
+                grads = torch.autograd.grad(
+                    z, params, grad_outputs=part, is_grads_batched=True, retain_graph=True, allow_unused=True,
+                    create_graph=create_graph,
+                )
+                rows.append(_flatten(grads, params, part.shape[0]))
+            return torch.cat(rows)
         except RuntimeError as err:  # an op without a batching rule: fall back to the loop
             warnings.warn(f"batched per-task gradients failed ({err}); using a loop over tasks", stacklevel=2)
     rows = []

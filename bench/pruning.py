@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--grace-period", type=int, default=None, help="ASHA's first rung (default: max_epochs // 5, as tune)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta: keep the top 1/eta of each rung")
     ap.add_argument("--noise-seeds", type=int, default=4,
-                    help="retrain the grid's best configuration with this many new seeds (0: skip)")
+                    help="retrain the grid's best configuration with this many new seeds (below 2: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-grid", action="store_true",
                     help="only TPE + ASHA (the grid's trial-epochs are a count: 42 x 10 = 420 by default)")

@@ -60,7 +60,7 @@ def resolve(config: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, 
     if str(merged["batched_grads"]).lower() not in BATCHED:
         raise ConfigError(f"batched_grads must be auto, true or false, got {merged['batched_grads']!r}")
     merged["batched_grads"] = str(merged["batched_grads"]).lower()
-    if int(merged["grad_chunk"]) < 0:
+    if merged["grad_chunk"] < 0:
         raise ConfigError(f"grad_chunk must be 0 (all tasks at once) or a positive number of tasks, got {merged['grad_chunk']}")
     if merged["grad_level"] not in GRAD_LEVELS:
         raise ConfigError(f"grad_level must be one of {', '.join(GRAD_LEVELS)}, got {merged['grad_level']!r}")

@@ -126,7 +126,7 @@ class Trainer:
                 z_grads = feature_grads(losses, z_leaf, create_graph=graph)
                 if level == "param":
                     grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
-                                        chunk=int(self.config["grad_chunk"]))
+                                        chunk=self.config["grad_chunk"])
                 else:
                     grads = z_grads.flatten(1)
                 direction, weights = method.aggregate(grads.detach(), losses.detach())

@@ -12,11 +12,16 @@ validation score within noise for at most a quarter of the grid's epochs.
     python bench/pruning.py --methods ew,cagrad --samples 60
     python bench/pruning.py --skip-grid --samples 15 --grace-period 1   # ASHA settings only
 
-Noise: "within noise" is measured, not assumed. After the grid, its best configuration is
-retrained with ``--noise-seeds`` new seeds (``searcher confirm``'s repeats), and the standard
-deviation of their best validation scores is the seed noise of one training of that
-configuration; the difference between the two searches' best scores is printed in units of it.
-The spread of the grid's top 5 configurations is printed too.
+Noise: "within noise" is measured, not assumed. After the searches, each one's best
+configuration is retrained with ``--noise-seeds`` new seeds (``searcher confirm``'s repeats).
+The standard deviation of a configuration's retrained best validation scores is the seed
+noise of one training; the mean is what the configuration is worth, free of the luck that
+made it the best of many draws. Both are printed, and the difference between the searches'
+retrained means in units of the grid's seed noise and of its standard error. The spread of
+the grid's top 5 configurations is printed too.
+
+``--search random`` runs the pruned search with Optuna's random sampler instead of TPE:
+ASHA's pruning assumes trials of spread quality, which TPE's focus on good regions removes.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ def summarize(uri: str, experiment: str, problem, tasks) -> dict:
 
 def seed_noise(uri: str, experiment: str, run_id: str, seeds: int, storage: str) -> dict:
     """Retrain run ``run_id`` of ``experiment`` with ``seeds`` new seeds; the spread of their best
-    validation scores (sample std, ddof 1) is one training's seed noise at that configuration."""
+    validation scores (sample std, ddof 1) is one training's seed noise at that configuration,
+    their mean the configuration's worth."""
     plan = plan_confirm(uri, experiment, top=1, repeats=seeds, data_dir=None)
     assert plan.sources["run_id"].tolist() == [run_id], "confirm picked another best run"
     run_confirm(plan, uri, SearchOptions(storage=storage, name=f"{experiment}-noise"))
@@ -76,12 +82,13 @@ def main() -> None:
     ap.add_argument("--space", default="mnist_cl_rr")
     ap.add_argument("--methods", default="ew")
     ap.add_argument("--param", action="append", default=["optimizer=adam"], help="fixed values (default optimizer=adam, as `002`)")
-    ap.add_argument("--samples", type=int, default=30, help="TPE + ASHA trials")
+    ap.add_argument("--samples", type=int, default=30, help="trials of the pruned search")
+    ap.add_argument("--search", choices=("tpe", "random"), default="tpe", help="sampler of the pruned search")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--grace-period", type=int, default=None, help="ASHA's first rung (default: max_epochs // 5, as tune)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta: keep the top 1/eta of each rung")
     ap.add_argument("--noise-seeds", type=int, default=4,
-                    help="retrain the grid's best configuration with this many new seeds (below 2: skip)")
+                    help="retrain each search's best configuration with this many new seeds (below 2: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-grid", action="store_true",
                     help="only TPE + ASHA (the grid's trial-epochs are a count: 42 x 10 = 420 by default)")
@@ -97,35 +104,42 @@ def main() -> None:
     session = open_session(args.space, methods, args.param, None, args.max_epochs)
     tasks = session.problem.task_names
     results = {}
+    pruned = f"{args.search.upper() if args.search == 'tpe' else 'random'} + ASHA"
     searches = [
         ("grid + FIFO", SearchOptions(search="grid", scheduler="fifo", seed=args.seed, storage=f"{work}/ray", name="grid")),
-        ("TPE + ASHA", SearchOptions(search="tpe", scheduler="asha", num_samples=args.samples, seed=args.seed,
-                                     grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                                     storage=f"{work}/ray", name="tpe")),
+        (pruned, SearchOptions(search=args.search, scheduler="asha", num_samples=args.samples, seed=args.seed,
+                               grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                               storage=f"{work}/ray", name="pruned")),
     ]
     for label, options in searches[1:] if args.skip_grid else searches:
         start = time.perf_counter()
         run_search(session, options, uri, options.name)
         results[label] = {**summarize(uri, options.name, session.problem, tasks), "wall_s": round(time.perf_counter() - start)}
-    noise = None
-    if "grid + FIFO" in results and args.noise_seeds > 1:
-        noise = seed_noise(uri, "grid", results["grid + FIFO"]["best_run_id"], args.noise_seeds, f"{work}/ray")
+    noise = {}
+    if args.noise_seeds > 1:
+        for label, options in searches:
+            if label in results:
+                noise[label] = seed_noise(uri, options.name, results[label]["best_run_id"], args.noise_seeds, f"{work}/ray")
     table = pd.DataFrame(results).T.drop(columns="best_run_id")
     print(f"\n{args.space}, methods {args.methods}, fixed {args.param}, {session.settings.max_epochs} epochs, "
           f"{os.cpu_count()} CPUs, data {session.settings.data.get('digit_source', '-')}")
     with pd.option_context("display.width", 220, "display.max_colwidth", 60):
         print(table.to_string())
     if "grid + FIFO" in results:
-        grid, tpe = results["grid + FIFO"], results["TPE + ASHA"]
-        print(f"epochs ratio TPE+ASHA / grid: {tpe['trial_epochs'] / grid['trial_epochs']:.3f}; "
-              f"best validation score difference (TPE+ASHA - grid): {tpe['best_val_score'] - grid['best_val_score']:+.2f} points")
-    if noise:
-        diff = results["TPE + ASHA"]["best_val_score"] - results["grid + FIFO"]["best_val_score"]
-        print(f"seed noise of the grid's best configuration ({noise['seeds']} new seeds): best val scores "
-              f"{noise['scores']}, mean {noise['mean']:.2f}, std {noise['std']:.2f}; "
-              + (f"TPE+ASHA - grid = {diff / noise['std']:+.2f} std" if noise["std"] > 0 else "no seed noise"))
+        grid, other = results["grid + FIFO"], results[pruned]
+        print(f"epochs ratio {pruned} / grid: {other['trial_epochs'] / grid['trial_epochs']:.3f}; "
+              f"best validation score difference ({pruned} - grid): {other['best_val_score'] - grid['best_val_score']:+.2f} points")
+    for label, n in noise.items():
+        print(f"{label}'s best configuration retrained with {n['seeds']} new seeds: best val scores {n['scores']}, "
+              f"mean {n['mean']:.2f}, std {n['std']:.2f}")
+    if len(noise) == 2:
+        grid, other = noise["grid + FIFO"], noise[pruned]
+        diff = other["mean"] - grid["mean"]
+        se = (grid["std"] ** 2 / grid["seeds"] + other["std"] ** 2 / other["seeds"]) ** 0.5
+        print(f"retrained means, {pruned} - grid: {diff:+.2f} points = {diff / grid['std']:+.2f} seed std of the grid's "
+              f"best = {diff / se:+.2f} standard errors of the difference")
     print(f"ASHA grace period {args.grace_period or 'default'}, reduction factor {args.reduction_factor}, "
-          f"{args.samples} TPE samples")
+          f"{args.samples} {args.search} samples")
     ray.shutdown()
 
 

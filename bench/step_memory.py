@@ -92,7 +92,8 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: |")
     for r in rows:
         ratio = f"{r['step_peak_mib'] / ew:.2f}" if ew else "-"
-        share = "-" if r["method"] == "ew" or r["variant"] == "feature" else f"{r['jacobian_mib'] / r['step_peak_mib']:.2f}"
+        holds_g = r["method"] != "ew" and r["variant"] not in ("feature", "gramian", "gramian_loop")
+        share = f"{r['jacobian_mib'] / r['step_peak_mib']:.2f}" if holds_g else "-"
         print(f"| {r['method']} | {r['variant'] if r['method'] != 'ew' else '-'} | {r['step_peak_mib']:.1f} | {ratio} | {share} |")
 
 

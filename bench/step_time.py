@@ -16,7 +16,9 @@ heads: 7-class segmentation, depth, 2-channel instance offsets; random 3x128x256
 molecules, T = 11; needs ``pip install torch_geometric``).
 Variants of gradient methods: ``default`` (batched per-task gradients on a GPU, the loop on the
 CPU), ``batched``, ``loop``, ``feature`` (gradients on the shared representation, `004`),
-``chunkK`` (batched passes over at most K tasks each: ``grad_chunk=K``).
+``chunkK`` (batched passes over at most K tasks each: ``grad_chunk=K``), ``gramian`` and
+``gramian_loop`` (Gramian-only methods: GGᵀ built stage by stage, batched or looped, then one
+plain backward for the direction: ``grad_memory=gramian``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ from trainables.trainer import Trainer  # noqa: E402
 
 VARIANTS = {
     "default": {},
-    "batched": {"batched_grads": "true"},
-    "loop": {"batched_grads": "false"},
+    "batched": {"batched_grads": "true", "grad_memory": "jacobian"},
+    "loop": {"batched_grads": "false", "grad_memory": "jacobian"},
     "feature": {"grad_level": "feature"},
+    # Gramian-only methods: GGᵀ stage by stage, never the whole Jacobian (trainables/gramian.py)
+    "gramian": {"batched_grads": "true", "grad_memory": "gramian"},
+    "gramian_loop": {"batched_grads": "false", "grad_memory": "gramian"},
 }
 
 
@@ -144,7 +149,7 @@ class BenchQM9(Problem):
 def variant_config(variant: str) -> dict[str, str]:
     """The config of a variant: one of VARIANTS, or ``chunkK`` (batched, K tasks per pass)."""
     if variant.startswith("chunk") and variant[5:].isdigit():
-        return {"batched_grads": "true", "grad_chunk": variant[5:]}
+        return {"batched_grads": "true", "grad_chunk": variant[5:], "grad_memory": "jacobian"}
     return VARIANTS[variant]
 
 
@@ -171,7 +176,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per method per round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--methods", default="all")
-    parser.add_argument("--variants", default="default", help="comma-separated: default, batched, loop, feature")
+    parser.add_argument("--variants", default="default", help="comma-separated: default, batched, loop, feature, chunkK, gramian, gramian_loop")
     parser.add_argument("--param", action="append", default=[], help="KEY=VALUE added to every config")
     args = parser.parse_args()
     batch = args.batch or {"lenet": 256, "resnet18": 8, "qm9net": 48}[args.model]
@@ -180,9 +185,8 @@ def main() -> None:
     methods = ["ew"] + [m for m in methods if m != "ew"]
     runs = {}
     for method in methods:
-        for variant in args.variants.split(","):
-            if variant != "default" and METHODS.get(method).kind != "gradient":
-                continue
+        # variants are ways of forming per-task gradients: a loss method runs once, as it is
+        for variant in args.variants.split(",") if METHODS.get(method).kind == "gradient" else ["default"]:
             trainer = make_trainer(args.model, method, variant, batch, params)
             trainer.model.train()
             runs[(method, variant)] = (trainer, next(iter(trainer.splits.train)))

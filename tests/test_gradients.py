@@ -232,3 +232,59 @@ def test_lenet_trainer_batched_and_looped_same_update():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["mgda", "cagrad", "imtl", "nash_mtl", "aligned_mtl", "edm", "cdtt"])
+def test_lenet_trainer_gramian_only_same_update_as_the_jacobian(method):
+    """grad_memory=gramian (GGᵀ stage by stage, the direction by a plain backward) trains the
+    LeNet (with dropout: same random stream) to the same parameters and weights as holding the
+    Jacobian, batched and looped."""
+    results = []
+    for memory, batched in (("jacobian", False), ("gramian", False), ("gramian", True)):
+        config = {"method": method, "device": "cpu", "batch_size": 8, "optimizer": "sgd", "lr": 0.05,
+                  "momentum": 0.0, "batched_grads": batched, "grad_memory": memory, "seed": 1, "dropout": 0.2}
+        trainer = Trainer(RandomMultiMNIST("CL_RR"), config)
+        assert (trainer.staged is not None) == (memory == "gramian")
+        weights = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for inputs, targets in trainer.splits.train:
+                weights.append(trainer.train_step(inputs, targets)[1])
+        assert memory == "jacobian" or trainer.staged.verified
+        results.append(([p.detach().clone() for p in trainer.model.parameters()], torch.stack(weights)))
+    for params, weights in results[1:]:
+        torch.testing.assert_close(weights, results[0][1], atol=1e-5, rtol=1e-4)
+        for a, b in zip(results[0][0], params):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method,config,staged",
+    [
+        ("mgda", {"grad_memory": "auto"}, False),  # auto holds the Jacobian on the CPU
+        ("mgda", {"grad_memory": "gramian", "grad_level": "feature"}, False),  # G is z's gradients there
+        ("mgda_ub", {"grad_memory": "gramian"}, False),  # always at the representation
+        ("pcgrad", {"grad_memory": "gramian"}, False),  # reshapes G row by row: needs G
+        ("ew", {"grad_memory": "gramian"}, False),
+        ("cagrad", {"grad_memory": "gramian"}, True),
+    ],
+)
+def test_grad_memory_applies_only_where_the_gramian_suffices(method, config, staged):
+    trainer = Trainer(RandomMultiMNIST("CL_RR"), {"method": method, "device": "cpu", "batch_size": 8, **config})
+    assert (trainer.staged is not None) is staged
+
+
+def test_grad_memory_gramian_on_a_one_stage_encoder_warns_and_holds_g():
+    """The toy's encoder is one parameter: nothing to stage, said once at construction."""
+    with pytest.warns(UserWarning, match="one stage"):
+        trainer = _toy_trainer("mgda", grad_memory="gramian")
+    assert trainer.staged is None
+    _run_steps(trainer)
+
+
+def test_an_unknown_grad_memory_is_a_config_error():
+    from trainables.config import resolve
+    from trainables.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_memory must be one of auto, jacobian, gramian, got 'tiny'"):
+        resolve({"method": "mgda", "grad_memory": "tiny"})

@@ -36,3 +36,25 @@ def test_a_reused_step_applies_the_weighted_sum_of_task_gradients():
 
     (grad,) = torch.autograd.grad((weights * objectives(x)).sum(), x)
     assert trainer.model.encoder.x.detach() == pytest.approx(x.detach() - 0.01 * grad, abs=1e-12)
+
+
+def test_rgw_takes_no_per_task_gradients_and_steps_along_its_weighted_sum(monkeypatch):
+    """RGW's weights ignore the gradients: each step is one backward of Σ w_t L_t with fresh weights,
+    the weights the method's seeded generator draws."""
+    calls = []
+    original = trainer_module.feature_grads
+    monkeypatch.setattr(trainer_module, "feature_grads", lambda *a, **k: calls.append(1) or original(*a, **k))
+    from trainables.methods.rgw import RandomGradientWeighting
+    from trainables.problems.toy import objectives
+
+    config = {"method": "rgw", "rgw.seed": 5, "optimizer": "sgd", "momentum": 0.0, "lr": 0.01, "steps_per_epoch": 3}
+    trainer = Trainer(build_problem("toy"), config)
+    twin = RandomGradientWeighting(trainer.method.tasks, seed=5)
+    for batch in trainer.splits.train:
+        x = trainer.model.encoder.x.detach().clone().requires_grad_(True)
+        _, weights = trainer.train_step(*batch)
+        expected = twin.sample()
+        torch.testing.assert_close(weights.double(), expected)
+        (grad,) = torch.autograd.grad((expected * objectives(x)).sum(), x)
+        assert trainer.model.encoder.x.detach() == pytest.approx(x.detach() - 0.01 * grad, abs=1e-12)
+    assert calls == []

@@ -33,6 +33,13 @@ COMMON: dict[str, Hyperparameter] = {
         0, int, "batched per-task gradients: at most this many tasks per batched backward (0 = all); the batched "
         "pass holds every task's activation gradients at once, a chunk of k holds k"
     ),
+    "grad_memory": Hyperparameter(
+        "auto", str, "methods that need only the Gramian GGᵀ of the per-task gradients (MGDA, CAGrad, IMTL, Nash-MTL, "
+        "...) at parameter level: 'jacobian' holds the T x d gradients; 'gramian' builds GGᵀ stage by stage through "
+        "the encoder (holding T x the largest stage) and takes the direction by one more plain backward; auto: "
+        "gramian on a GPU when the Jacobian would fill an eighth of its free memory and the stages at least halve "
+        "it, else jacobian"
+    ),
     "seed": Hyperparameter(0, int, "base seed; a run's seed is seed + its run index"),
     "run_index": Hyperparameter(0, int, "index of the run in its search (seeds derive from it)"),
     "device": Hyperparameter("auto", str, "auto, cpu or cuda"),
@@ -40,6 +47,7 @@ COMMON: dict[str, Hyperparameter] = {
 OPTIMIZERS = ("adam", "adamw", "sgd")
 BATCHED = {"auto": None, "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 GRAD_LEVELS = ("param", "feature")
+GRAD_MEMORY = ("auto", "jacobian", "gramian")
 
 
 def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
@@ -64,6 +72,8 @@ def resolve(config: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, 
         raise ConfigError(f"grad_chunk must be 0 (all tasks at once) or a positive number of tasks, got {merged['grad_chunk']}")
     if merged["grad_level"] not in GRAD_LEVELS:
         raise ConfigError(f"grad_level must be one of {', '.join(GRAD_LEVELS)}, got {merged['grad_level']!r}")
+    if merged["grad_memory"] not in GRAD_MEMORY:
+        raise ConfigError(f"grad_memory must be one of {', '.join(GRAD_MEMORY)}, got {merged['grad_memory']!r}")
     if "method" not in merged:
         raise ConfigError("the config names no method")
     return merged

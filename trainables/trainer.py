@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -21,7 +22,8 @@ from trainables.errors import DivergedError
 from trainables.methods import GradientAggregator, LossWeighting, build_method
 from trainables.methods.base import StepContext
 from trainables.gradients import feature_grads, param_grads, write_grads
-from trainables.problems.base import Problem
+from trainables.gramian import StagedGramian, auto_stages
+from trainables.problems.base import MTLModel, Problem
 
 METRIC_NAMES = """\
 train/<task>/loss        mean training loss of the epoch
@@ -67,6 +69,7 @@ class Trainer:
         self.method = build_method(name, problem.tasks, cfg.method_params(self.config, name)).to(self.device)
         self.method.configure(self.config)
         self.shared = self.model.shared_parameters()
+        self.staged = self._staged_gramian()
         self.optimizer = self._make_optimizer()
         gamma = self.config["lr_decay"]
         step_every = int(self.config["lr_step_every"])
@@ -90,6 +93,33 @@ class Trainer:
             return torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"])
         return torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
 
+    def _staged_gramian(self) -> StagedGramian | None:
+        """The stage-by-stage Gramian when ``grad_memory`` asks for it and it applies (None: hold G)."""
+        method, choice = self.method, self.config["grad_memory"]
+        if (
+            choice == "jacobian"
+            or not isinstance(method, GradientAggregator)
+            or not method.gramian_only
+            or (method.forced_grad_level or self.config["grad_level"]) != "param"
+        ):
+            return None
+        encoder = self.model.encoder if isinstance(self.model, MTLModel) else self.model
+        staged = StagedGramian(encoder, self.shared)
+        if choice == "auto":
+            on_gpu = self.device.type == "cuda"
+            free = torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0
+            jacobian = self.method.n_tasks * staged.d * self.shared[0].element_size()
+            if not auto_stages(on_gpu, jacobian, free, staged.largest, staged.d):
+                staged.close()
+                return None
+        if not staged.usable:
+            warnings.warn(
+                "grad_memory=gramian: the encoder is one stage (it lists no stages() that split its parameters); "
+                "holding the full per-task Jacobian", stacklevel=3,
+            )
+            return None
+        return staged
+
     # ----------------------------------------------------------------- one step
     def train_step(self, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step. Returns the task losses (T,) and the weights applied (or None)."""
@@ -98,7 +128,11 @@ class Trainer:
             method.before_step(
                 StepContext(self.model, inputs, targets, self._next_val_batch, self.task_losses, self.optimizer)
             )
-        z = self.model.encode(inputs)
+        if self.staged is not None:
+            with self.staged.recording():
+                z = self.model.encode(inputs)
+        else:
+            z = self.model.encode(inputs)
         z_leaf = z.detach().requires_grad_(True)
         outputs = self.model.decode(z_leaf, method.task_representations(z_leaf))
         losses = self._losses(outputs, targets)
@@ -124,23 +158,35 @@ class Trainer:
                 level = method.forced_grad_level or self.config["grad_level"]
                 graph = method.needs_gradient_graph
                 z_grads = feature_grads(losses, z_leaf, create_graph=graph)
-                if level == "param":
-                    grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
-                                        chunk=self.config["grad_chunk"])
+                gramian = None
+                if level == "param" and self.staged is not None:
+                    gramian = self.staged.gramian(z, z_grads.detach(), batched=self.batched_grads,
+                                                  chunk=self.config["grad_chunk"])
+                if gramian is not None:
+                    # wᵀG is the gradient of Σ_t w_t L_t: one plain backward from z's side
+                    weights = method.weights_from_gramian(gramian, losses.detach())
+                    self._backward_heads(method, losses, weights)
+                    z.backward(torch.tensordot(weights.detach().to(z_grads), z_grads.detach(), dims=1))
                 else:
-                    grads = z_grads.flatten(1)
-                direction, weights = method.aggregate(grads.detach(), losses.detach())
-                penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
-                self._backward_heads(method, losses, weights)
-                if level == "param":
-                    write_grads(self.shared, direction)
-                    if penalty_z is not None:
-                        z.backward(penalty_z)
-                else:
-                    z_direction = direction.view_as(z)
-                    z.backward(z_direction if penalty_z is None else z_direction + penalty_z)
+                    if level == "param":
+                        grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
+                                            chunk=self.config["grad_chunk"])
+                    else:
+                        grads = z_grads.flatten(1)
+                    direction, weights = method.aggregate(grads.detach(), losses.detach())
+                    penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
+                    self._backward_heads(method, losses, weights)
+                    if level == "param":
+                        write_grads(self.shared, direction)
+                        if penalty_z is not None:
+                            z.backward(penalty_z)
+                    else:
+                        z_direction = direction.view_as(z)
+                        z.backward(z_direction if penalty_z is None else z_direction + penalty_z)
         else:
             raise TypeError(f"{type(method).__name__} is neither a LossWeighting nor a GradientAggregator")
+        if self.staged is not None:
+            self.staged.forget()
         self.optimizer.step()
         if method.needs_post_step_losses:
             with torch.no_grad():

@@ -72,6 +72,7 @@ class AlignedMTL(GradientAggregator):
     summary = "Aligned-MTL: align the task gradients to condition number one, then sum them"
     paper = "Senushkin et al., CVPR 2023 (Aligned-MTL; official SamsungLabs/MTL ProcrustesSolver)"
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "scale_mode": Hyperparameter("min", str, "scale of the aligned gradients: min (paper), median or rmse"),
     }

@@ -105,6 +105,8 @@ class Method(nn.Module):
             parts = ["per-task gradients on the shared representation"]
         else:
             parts = ["per-task gradients (shared parameters, or representation with grad_level=feature)"]
+        if getattr(cls, "gramian_only", False):
+            parts[-1] += ", only through their Gramian GGᵀ"
         if getattr(cls, "needs_gradient_graph", False):
             parts.append("their second derivatives (double backward)")
         if cls.needs_step_context:
@@ -191,6 +193,10 @@ class GradientAggregator(Method):
     def gradient_penalty(self, grads: torch.Tensor) -> torch.Tensor | None:
         """A differentiable penalty on the per-task gradients G (T x d, with their graph)."""
         return None
+
+    #: Methods whose direction is wᵀG with w = ``weights_from_gramian(GGᵀ)`` set it: the trainer
+    #: may then form only GGᵀ, never G (``grad_memory``; ``trainables.gramian``).
+    gramian_only: ClassVar[bool] = False
 
     def reused_weights(self) -> torch.Tensor | None:
         """Weights to apply this step WITHOUT per-task gradients (Nash-MTL between weight

@@ -69,6 +69,7 @@ class CAGrad(GradientAggregator):
     paper = "Liu et al., NeurIPS 2021 (eq. 3 and its dual; official code)"
     # The official implementation gives the task heads the plain sum of their gradients.
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "c": Hyperparameter(0.5, float, "radius of the ball around the mean gradient (c >= 0)"),
         "rescale": Hyperparameter(1, int, "0: none, 1: divide by 1+c^2 (default), 2: divide by 1+c"),

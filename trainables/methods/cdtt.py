@@ -117,6 +117,7 @@ class CDTT(GradientAggregator):
     summary = "CDTT: EDM's central direction plus task tensioners from the gradient-norm history"
     paper = "Nakamura et al., Neurocomputing 2022 (arXiv:2204.06698); `002` optimizers/task_tensioners.py"
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "alpha": Hyperparameter(0.3, float, "tension sensitivity alpha in [0, 1] (authors' config: 0.3)"),
         "solver": Hyperparameter("exact", str, "min-norm solver of the central direction: exact, fw (reference), pgd"),

@@ -55,6 +55,7 @@ class EDM(GradientAggregator):
     summary = "EDM (follow the bisector): min-norm point of the normalized task gradients"
     paper = "Katrutsa et al. 2020, arXiv:2007.06937 (min-norm of normalized gradients; `002` optimizers/edm.py scaling)"
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "solver": Hyperparameter("exact", str, "min-norm solver: exact, fw (reference Frank-Wolfe), pgd"),
     }

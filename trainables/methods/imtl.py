@@ -76,6 +76,7 @@ class IMTLG(GradientAggregator):
     summary = "IMTL-G: the direction with equal projections onto every unit task gradient (closed form)"
     paper = "Liu et al., ICLR 2021 (IMTL-G closed form alpha = g_1 Uᵀ(D Uᵀ)^-1)"
     heads_use_weights = False
+    gramian_only = True
 
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)

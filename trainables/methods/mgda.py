@@ -90,6 +90,7 @@ class MGDA(GradientAggregator):
     paper = "Sener & Koltun, NeurIPS 2018, eq. 3 and Algorithms 1-2 (reference code's normalization)"
     # The `002` code gives the task heads the plain sum of their losses.
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "normalization": Hyperparameter("loss+", str, "gradient normalization before solving: none, l2, loss, loss+"),
         "weights_on": Hyperparameter("normalized", str, "alpha multiplies the 'normalized' or the 'raw' gradients"),

@@ -126,6 +126,7 @@ class NashMTL(GradientAggregator):
     paper = "Navon et al., ICML 2022 (bargaining solution GᵀGα = 1/α); official AvivNavon/nash-mtl code"
     # The heads get alpha (unclipped) through extra_loss, on top of the trainer's plain sum.
     heads_use_weights = False
+    gramian_only = True
     hyperparameters = {
         "optim_niter": Hyperparameter(20, int, "iterations of the solver per weight update (>= 1)"),
         "update_weights_every": Hyperparameter(1, int, "recompute alpha every k-th step, reuse it in between (>= 1)"),

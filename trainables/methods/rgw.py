@@ -8,6 +8,11 @@ shared part is Σ_t w_t g_t; the weights are positive and sum to 1, as in LibMTL
 the shared gradients are reweighted (LibMTL computes the heads' gradients by the per-task
 backward passes and resets only the shared ones).
 
+Since the weights do not depend on the gradients, Σ_t w_t g_t is the gradient of Σ_t w_t L_t:
+the trainer takes it by one plain backward (``reused_weights``), so a step costs what EW's
+does, at either ``grad_level`` (the two coincide). ``aggregate`` is kept for the
+direction-level tests and for callers that already hold G.
+
 The samples come from the method's own generator, whose state is a buffer (``seed``; -1
 derives it from the run's torch seed), so runs are reproducible and resume exactly.
 """
@@ -39,6 +44,14 @@ class RandomGradientWeighting(GradientAggregator):
         with generator_of(self) as gen:
             draw = torch.randn(self.n_tasks, generator=gen, dtype=torch.float64)
         return torch.softmax(draw, dim=0)
+
+    @classmethod
+    def needs(cls) -> str:
+        return "losses only: Σ_t w_t g_t is the gradient of Σ_t w_t L_t, one plain backward (no per-task gradients)"
+
+    def reused_weights(self) -> torch.Tensor:
+        """Every step: fresh weights applied without per-task gradients."""
+        return self.sample()
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         return self.sample().to(device=gramian.device, dtype=gramian.dtype)

@@ -74,6 +74,11 @@ class ResNetEncoder(nn.Module):
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def stages(self) -> list[nn.Module]:
+        """The trunk as the chain ``forward`` runs (``trainables.gramian`` walks it back stage
+        by stage; the Sequential stem and layers expand into their modules and blocks)."""
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
 
 def _dilate_basic_layers(net: nn.Module) -> None:
     """Turn the strides of layers 3 and 4 of a BasicBlock ResNet into dilation 2 and 4.

@@ -11,6 +11,7 @@ Variants name their tasks: C = classify, R = reconstruct; L / R = left / right d
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
@@ -57,20 +58,26 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-class LeNetEncoder(nn.Module):
-    """conv(1->10,k5) -> maxpool -> ReLU -> conv(10->20,k5) -> dropout -> maxpool -> ReLU -> fc 320->50 -> ReLU."""
+class LeNetEncoder(nn.Sequential):
+    """conv(1->10,k5) -> maxpool -> ReLU -> conv(10->20,k5) -> dropout -> maxpool -> ReLU -> fc 320->50 -> ReLU.
+
+    A named ``nn.Sequential`` (parameter names ``conv1``, ``conv2``, ``fc``), so its stages are
+    visible to the stage-by-stage Gramian (``trainables.gramian``).
+    """
 
     def __init__(self, dropout: float) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
-        self.drop = nn.Dropout2d(dropout)
-        self.fc = nn.Linear(320, 50)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.drop(self.conv2(x)), 2))
-        return F.relu(self.fc(x.flatten(1)))
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(1, 10, kernel_size=5)),
+            ("pool1", nn.MaxPool2d(2)),
+            ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(10, 20, kernel_size=5)),
+            ("drop", nn.Dropout2d(dropout)),
+            ("pool2", nn.MaxPool2d(2)),
+            ("relu2", nn.ReLU()),
+            ("flatten", nn.Flatten()),
+            ("fc", nn.Linear(320, 50)),
+            ("relu3", nn.ReLU()),
+        ]))
 
 
 def classification_head(dropout: float) -> nn.Module:

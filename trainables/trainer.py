@@ -105,6 +105,13 @@ class Trainer:
             return None
         encoder = self.model.encoder if isinstance(self.model, MTLModel) else self.model
         staged = StagedGramian(encoder, self.shared)
+        if not staged.usable:
+            if choice == "gramian":
+                warnings.warn(
+                    "grad_memory=gramian: the encoder is one stage (it lists no stages() that split its parameters); "
+                    "holding the full per-task Jacobian", stacklevel=3,
+                )
+            return None
         if choice == "auto":
             on_gpu = self.device.type == "cuda"
             free = torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0
@@ -112,12 +119,6 @@ class Trainer:
             if not auto_stages(on_gpu, jacobian, free, staged.largest, staged.d):
                 staged.close()
                 return None
-        if not staged.usable:
-            warnings.warn(
-                "grad_memory=gramian: the encoder is one stage (it lists no stages() that split its parameters); "
-                "holding the full per-task Jacobian", stacklevel=3,
-            )
-            return None
         return staged
 
     # ----------------------------------------------------------------- one step

@@ -20,8 +20,9 @@ made it the best of many draws. Both are printed, and the difference between the
 retrained means in units of the grid's seed noise and of its standard error. The spread of
 the grid's top 5 configurations is printed too.
 
-``--search random`` runs the pruned search with Optuna's random sampler instead of TPE:
-ASHA's pruning assumes trials of spread quality, which TPE's focus on good regions removes.
+``--search random`` runs the pruned search with Optuna's random sampler instead of TPE, and
+``--search grid`` runs the paper's whole grid with ASHA stopping its losers: ASHA's pruning
+assumes trials of spread quality, which TPE's focus on good regions removes.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def main() -> None:
     ap.add_argument("--methods", default="ew")
     ap.add_argument("--param", action="append", default=["optimizer=adam"], help="fixed values (default optimizer=adam, as `002`)")
     ap.add_argument("--samples", type=int, default=30, help="trials of the pruned search")
-    ap.add_argument("--search", choices=("tpe", "random"), default="tpe", help="sampler of the pruned search")
+    ap.add_argument("--search", choices=("tpe", "random", "grid"), default="tpe",
+                    help="sampler of the pruned search (grid: every grid point once, --samples ignored)")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--grace-period", type=int, default=None, help="ASHA's first rung (default: max_epochs // 5, as tune)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="ASHA's eta: keep the top 1/eta of each rung")
@@ -104,10 +106,11 @@ def main() -> None:
     session = open_session(args.space, methods, args.param, None, args.max_epochs)
     tasks = session.problem.task_names
     results = {}
-    pruned = f"{args.search.upper() if args.search == 'tpe' else 'random'} + ASHA"
+    pruned = f"{args.search.upper() if args.search == 'tpe' else args.search} + ASHA"
     searches = [
         ("grid + FIFO", SearchOptions(search="grid", scheduler="fifo", seed=args.seed, storage=f"{work}/ray", name="grid")),
-        (pruned, SearchOptions(search=args.search, scheduler="asha", num_samples=args.samples, seed=args.seed,
+        (pruned, SearchOptions(search=args.search, scheduler="asha", seed=args.seed,
+                               num_samples=None if args.search == "grid" else args.samples,
                                grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                                storage=f"{work}/ray", name="pruned")),
     ]
@@ -139,7 +142,9 @@ def main() -> None:
         print(f"retrained means, {pruned} - grid: {diff:+.2f} points = {diff / grid['std']:+.2f} seed std of the grid's "
               f"best = {diff / se:+.2f} standard errors of the difference")
     print(f"ASHA grace period {args.grace_period or 'default'}, reduction factor {args.reduction_factor}, "
-          f"{args.samples} {args.search} samples")
+          f"{'the whole grid' if args.search == 'grid' else f'{args.samples} samples'}, {args.search} sampler")
+    print(f"runs kept in {uri} (python bench/asha_replay.py --tracking-uri {uri} --noise STD replays ASHA on the "
+          "grid's curves)")
     ray.shutdown()
 
 

@@ -156,34 +156,7 @@ class Trainer:
                 self._backward_heads(method, losses, weights)
                 z.backward(encoder_grad)
             else:
-                level = method.forced_grad_level or self.config["grad_level"]
-                graph = method.needs_gradient_graph
-                z_grads = feature_grads(losses, z_leaf, create_graph=graph)
-                gramian = None
-                if level == "param" and self.staged is not None:
-                    gramian = self.staged.gramian(z, z_grads.detach(), batched=self.batched_grads,
-                                                  chunk=self.config["grad_chunk"])
-                if gramian is not None:
-                    # wᵀG is the gradient of Σ_t w_t L_t: one plain backward from z's side
-                    weights = method.weights_from_gramian(gramian, losses.detach())
-                    self._backward_heads(method, losses, weights)
-                    z.backward(torch.tensordot(weights.detach().to(z_grads), z_grads.detach(), dims=1))
-                else:
-                    if level == "param":
-                        grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
-                                            chunk=self.config["grad_chunk"])
-                    else:
-                        grads = z_grads.flatten(1)
-                    direction, weights = method.aggregate(grads.detach(), losses.detach())
-                    penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
-                    self._backward_heads(method, losses, weights)
-                    if level == "param":
-                        write_grads(self.shared, direction)
-                        if penalty_z is not None:
-                            z.backward(penalty_z)
-                    else:
-                        z_direction = direction.view_as(z)
-                        z.backward(z_direction if penalty_z is None else z_direction + penalty_z)
+                weights = self._gradient_step(method, z, z_leaf, losses)
         else:
             raise TypeError(f"{type(method).__name__} is neither a LossWeighting nor a GradientAggregator")
         if self.staged is not None:
@@ -194,6 +167,40 @@ class Trainer:
                 after = self.task_losses(self.model, inputs, targets)
             method.after_step(losses.detach(), after)
         return losses.detach(), None if weights is None else weights.detach()
+
+    def _gradient_step(
+        self, method: GradientAggregator, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Per-task gradients (or only their Gramian), the method's direction, and the backward
+        that writes it into the model's ``.grad``; returns the weights applied (or None)."""
+        level = method.forced_grad_level or self.config["grad_level"]
+        graph = method.needs_gradient_graph
+        z_grads = feature_grads(losses, z_leaf, create_graph=graph)
+        gramian = None
+        if level == "param" and self.staged is not None:
+            gramian = self.staged.gramian(z, z_grads.detach(), batched=self.batched_grads, chunk=self.config["grad_chunk"])
+        if gramian is not None:
+            # wᵀG is the gradient of Σ_t w_t L_t: one plain backward from z's side
+            weights = method.weights_from_gramian(gramian, losses.detach())
+            self._backward_heads(method, losses, weights)
+            z.backward(torch.tensordot(weights.detach().to(z_grads), z_grads.detach(), dims=1))
+            return weights
+        if level == "param":
+            grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
+                                chunk=self.config["grad_chunk"])
+        else:
+            grads = z_grads.flatten(1)
+        direction, weights = method.aggregate(grads.detach(), losses.detach())
+        penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
+        self._backward_heads(method, losses, weights)
+        if level == "param":
+            write_grads(self.shared, direction)
+            if penalty_z is not None:
+                z.backward(penalty_z)
+        else:
+            z_direction = direction.view_as(z)
+            z.backward(z_direction if penalty_z is None else z_direction + penalty_z)
+        return weights
 
     @staticmethod
     def _backward_penalty(method: GradientAggregator, grads: torch.Tensor, z_leaf: torch.Tensor) -> torch.Tensor | None:

@@ -100,7 +100,8 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
     if best.empty:
         raise ConfigError(f"experiment {experiment!r} has no finished training runs to confirm")
     files = best["tags.searcher.space_file"] if "tags.searcher.space_file" in best else pd.Series(None, index=best.index)
-    spaces = set(files.fillna(best["tags.searcher.space"]).dropna())
+    # object dtype first: a tag no run has comes back as a float column of NaN
+    spaces = set(files.astype(object).fillna(best["tags.searcher.space"]).dropna())
     if len(spaces) != 1:
         raise ConfigError(f"experiment {experiment!r} mixes spaces {sorted(spaces)}; confirm one space at a time")
     space_name = spaces.pop()

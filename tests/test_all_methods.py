@@ -15,11 +15,13 @@ from trainables.trainer import Trainer
 EXTRA = {"fixed": {"fixed.weights": "0.5,0.5"}}
 
 
-def configs():
-    for name in METHODS.names():
-        levels = ("param", "feature") if METHODS.get(name).kind == "gradient" else ("param",)
-        for level in levels:
-            yield pytest.param(name, level, id=f"{name}-{level}")
+def configs() -> list:
+    """Every method at each gradient level it has (a list: pytest 10 refuses generators)."""
+    return [
+        pytest.param(name, level, id=f"{name}-{level}")
+        for name in METHODS.names()
+        for level in (("param", "feature") if METHODS.get(name).kind == "gradient" else ("param",))
+    ]
 
 
 @pytest.fixture(scope="module")

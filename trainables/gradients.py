@@ -33,6 +33,39 @@ def feature_grads(losses: torch.Tensor, z: torch.Tensor, create_graph: bool = Fa
     return grads
 
 
+def task_vjps(
+    output: torch.Tensor,
+    inputs: list[torch.Tensor],
+    grads: torch.Tensor,
+    batched: bool = True,
+    create_graph: bool = False,
+    chunk: int = 0,
+) -> list[tuple[tuple[torch.Tensor | None, ...], int]]:
+    """Per-task vector-Jacobian products of ``output`` with each of ``inputs``, pass by pass.
+
+    ``grads`` (T, *output.shape) holds one gradient on ``output`` per task. Returns one entry per
+    backward pass: the gradients of every input with a leading task axis (None where an input
+    is unused) and how many tasks the pass covered. ``batched``: vmapped passes over at most
+    ``chunk`` tasks each (0: all at once); otherwise, or when an op has no batching rule, one
+    plain backward per task. The graph is retained.
+    """
+    if batched:
+        try:
+            return [
+                (torch.autograd.grad(output, inputs, grad_outputs=part, is_grads_batched=True, retain_graph=True,
+                                     allow_unused=True, create_graph=create_graph), part.shape[0])
+                for part in grads.split(chunk if chunk > 0 else grads.shape[0])
+            ]
+        except RuntimeError as err:  # an op without a batching rule: fall back to the loop
+            warnings.warn(f"batched per-task gradients failed ({err}); using a loop over tasks", stacklevel=3)
+    passes = []
+    for g in grads:
+        row = torch.autograd.grad(output, inputs, grad_outputs=g, retain_graph=True, allow_unused=True,
+                                  create_graph=create_graph)
+        passes.append((tuple(None if x is None else x.unsqueeze(0) for x in row), 1))
+    return passes
+
+
 def param_grads(
     z: torch.Tensor,
     params: list[nn.Parameter],
@@ -44,27 +77,13 @@ def param_grads(
     """Per-task gradients on the shared parameters, (T, d), from the per-task gradients on z.
 
     ``batched``: vmapped backward passes over at most ``chunk`` tasks each (0: all at once);
-    otherwise one plain backward per task.
+    otherwise one plain backward per task (``task_vjps``).
     """
-    if batched:
-        size = chunk if chunk > 0 else z_grads.shape[0]
-        try:
-            rows = []
-            for part in z_grads.split(size):
-                grads = torch.autograd.grad(
-                    z, params, grad_outputs=part, is_grads_batched=True, retain_graph=True, allow_unused=True,
-                    create_graph=create_graph,
-                )
-                rows.append(_flatten(grads, params, part.shape[0]))
-            return torch.cat(rows)
-        except RuntimeError as err:  # an op without a batching rule: fall back to the loop
-            warnings.warn(f"batched per-task gradients failed ({err}); using a loop over tasks", stacklevel=2)
+    passes = task_vjps(z, params, z_grads, batched, create_graph, chunk)
     rows = []
-    for g in z_grads:
-        grads = torch.autograd.grad(
-            z, params, grad_outputs=g, retain_graph=True, allow_unused=True, create_graph=create_graph
-        )
-        rows.append(_flatten([None if x is None else x.unsqueeze(0) for x in grads], params, 1))
+    while passes:  # flatten pass by pass, dropping each pass's unflattened gradients as we go
+        grads, n = passes.pop(0)
+        rows.append(_flatten(grads, params, n))
     return torch.cat(rows)
 
 

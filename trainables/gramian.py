@@ -32,6 +32,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from trainables.gradients import task_vjps
+
 
 #: ``grad_memory=auto`` stages the Gramian on a GPU when the Jacobian would take at least this
 #: share of the free device memory (and the stages at least halve it): the staged path costs
@@ -147,7 +149,10 @@ class StagedGramian:
             if not params:
                 continue
             targets = params if i == first else [*params, inputs[i]]
-            grads = _vjp(frontier, targets, frontier_grads, batched, chunk)
+            passes = task_vjps(frontier, targets, frontier_grads, batched, chunk=chunk)
+            sizes = [n for _, n in passes]
+            grads = [_stack_parts([p[j] for p, _ in passes], x, sizes) for j, x in enumerate(targets)]
+            del passes
             if i != first:
                 frontier, frontier_grads = inputs[i], grads.pop()
             while grads:  # fold each parameter's T x numel block into GGᵀ, then drop it
@@ -189,28 +194,6 @@ class StagedGramian:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def _vjp(
-    output: torch.Tensor, inputs: list[torch.Tensor], grads: torch.Tensor, batched: bool, chunk: int
-) -> list[torch.Tensor]:
-    """Per-task vector-Jacobian products: for each input, a (T, *input.shape) tensor."""
-    tasks = grads.shape[0]
-    if batched:
-        size = chunk if chunk > 0 else tasks
-        try:
-            parts = [
-                torch.autograd.grad(output, inputs, grad_outputs=part, is_grads_batched=True, retain_graph=True,
-                                    allow_unused=True)
-                for part in grads.split(size)
-            ]
-            return [_stack_parts([p[j] for p in parts], x, [len(q) for q in grads.split(size)])
-                    for j, x in enumerate(inputs)]
-        except RuntimeError as err:  # an op without a batching rule: fall back to the loop
-            warnings.warn(f"batched per-task gradients failed ({err}); using a loop over tasks", stacklevel=3)
-    rows = [torch.autograd.grad(output, inputs, grad_outputs=g, retain_graph=True, allow_unused=True) for g in grads]
-    return [_stack_parts([r[j] if r[j] is None else r[j].unsqueeze(0) for r in rows], x, [1] * tasks)
-            for j, x in enumerate(inputs)]
 
 
 def _stack_parts(parts: list[torch.Tensor | None], like: torch.Tensor, sizes: list[int]) -> torch.Tensor:

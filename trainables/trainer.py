@@ -8,6 +8,7 @@ the caller decides where it goes (MLflow directly, or Ray Tune's report).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -129,10 +130,7 @@ class Trainer:
             method.before_step(
                 StepContext(self.model, inputs, targets, self._next_val_batch, self.task_losses, self.optimizer)
             )
-        if self.staged is not None:
-            with self.staged.recording():
-                z = self.model.encode(inputs)
-        else:
+        with self.staged.recording() if self.staged is not None else contextlib.nullcontext():
             z = self.model.encode(inputs)
         z_leaf = z.detach().requires_grad_(True)
         outputs = self.model.decode(z_leaf, method.task_representations(z_leaf))

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 
 from searcher import tracking
-from searcher.samplers import grid_sampler
+from searcher.samplers import PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session, data_source, session_tags
 from spaces import grid_points, suggest, suggest_grid_point
 from trainables.errors import ConfigError
@@ -152,7 +152,7 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
     elif kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     elif kind == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=options.seed)
+        sampler = PicklableNSGAIISampler(seed=options.seed)
         metric, mode = objectives(session)
     elif kind == "grid":
         points = grid_points(session.space, session.methods, tasks, session.fixed)

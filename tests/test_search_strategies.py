@@ -10,8 +10,8 @@ import numpy as np
 import optuna
 import pytest
 
-from searcher.samplers import grid_sampler
-from searcher.search import SearchOptions, make_scheduler, objectives, plan_search, run_search
+from searcher.samplers import PicklableNSGAIISampler, grid_sampler
+from searcher.search import SEARCHES, SearchOptions, make_scheduler, objectives, plan_search, run_search
 from searcher.session import open_session
 from spaces import SPACES, grid_points, suggest, suggest_grid_point
 from spaces.simplex import simplex_grid, simplex_lattice, weights_from_u
@@ -115,6 +115,46 @@ def test_plan_rejects_more_samples_than_grid_points_and_unknown_searches():
         plan_search(session, SearchOptions(search="grid"), 6)
     with pytest.raises(ConfigError, match="unknown search"):
         plan_search(session, SearchOptions(search="bayes"), 3)
+
+
+@pytest.mark.parametrize("search", list(SEARCHES))
+def test_every_planned_search_algorithm_pickles_and_still_samples_after(search):
+    """Ray pickles the search algorithm (sampler included) when the Tuner starts and at every
+    experiment checkpoint; Optuna 5.1's NSGA-II holds a thread lock that failed that at once.
+    Each sampler must survive the round trip and go on suggesting, with its state intact."""
+    import pickle
+
+    session = open_session("toy", ["ew", "cagrad"], ["optimizer=adam", "start=0"], None, max_epochs=1)
+    plan = plan_search(session, SearchOptions(search=search, seed=3), None)
+    sampler = plan.search_alg._sampler
+    twin = pickle.loads(pickle.dumps(plan.search_alg))
+    assert type(twin._sampler) is type(sampler)
+    # the unpickled sampler draws what the original draws: the RNG state travelled with it
+    for name in ("t1", "t2", "t3"):
+        assert twin.suggest(name) == plan.search_alg.suggest(name)
+    # and it pickles again once it has a study to cache (the NSGA-II generation cache)
+    pickle.loads(pickle.dumps(twin))
+
+
+def test_nsga2_sampler_pickles_with_its_lock_rebuilt_and_keeps_optunas_behaviour():
+    import pickle
+    import threading
+
+    sampler = PicklableNSGAIISampler(seed=0, population_size=4)
+    twin = pickle.loads(pickle.dumps(sampler))
+    assert isinstance(twin._thread_lock, type(threading.Lock())) and twin._thread_lock is not sampler._thread_lock
+    assert not twin._thread_lock.locked()
+    # the same study, driven by both, proposes the same points (a drop-in for Optuna's class)
+    def run(s):
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=s)
+        for _ in range(10):
+            t = study.ask()
+            x = t.suggest_float("x", 0.0, 1.0)
+            study.tell(t, [x, (1 - x) ** 2])
+        return [t.params["x"] for t in study.trials]
+
+    assert run(PicklableNSGAIISampler(seed=0, population_size=4)) == run(optuna.samplers.NSGAIISampler(seed=0, population_size=4))
+    assert run(twin) == run(PicklableNSGAIISampler(seed=0, population_size=4))
 
 
 def test_asha_rungs_sit_at_grace_times_powers_of_the_reduction_factor():

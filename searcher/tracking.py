@@ -8,10 +8,13 @@ per-epoch metrics (step = epoch).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -25,15 +28,41 @@ def tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (None for any other store, or in memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def store_lock(uri: str, timeout_s: float = 300.0) -> Any:
+    """An inter-process lock on a SQLite store's first use (a no-op for other stores).
+
+    MLflow creates and migrates the schema of a new SQLite file on first connection, without
+    a lock of its own: two searches started together on a new ``mlflow.db`` raced on it and
+    one died in alembic ("Online migration expected to match one row"). A file lock beside
+    the database (``mlflow.db.lock``) makes the creation, and the experiment's get-or-create,
+    one process at a time; a server store (``http://``) does its own locking.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return contextlib.nullcontext()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock", timeout=timeout_s)
+
+
 def init_store(uri: str, experiment: str) -> str:
     """Point MLflow at the store, create the experiment if needed; return its id.
 
-    Called on the driver before any trial starts, so the SQLite schema is created once.
+    Called on the driver before any trial starts, so the SQLite schema is created once, and
+    under ``store_lock`` so that concurrent commands on a new store do not race on it.
     """
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return found.experiment_id if found else client.create_experiment(experiment)
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        return found.experiment_id if found else client.create_experiment(experiment)
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
-    p.add_argument("--storage", default=None, help="Ray's experiment storage (a shared path or bucket on a cluster)")
+    p.add_argument("--storage", default=None,
+                   help="Ray's experiment storage (a shared path or bucket on a cluster); default: ray_results/ "
+                        "beside a SQLite mlflow.db, else ~/ray_results")
     p.add_argument("--name", default=None,
                    help="name of the search (Ray's experiment folder under --storage; default <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true",
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--storage", default=None, help="Ray's experiment storage")
+    p.add_argument("--storage", default=None,
+                   help="Ray's experiment storage; default: ray_results/ beside a SQLite mlflow.db, else ~/ray_results")
     p.add_argument("--name", default=None, help="name of the confirmation run (default confirm-<experiment>-<time>)")
     p.add_argument("--address", default=None, help="address of an existing Ray cluster")
 
@@ -191,7 +194,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from searcher import tracking
-    from searcher.search import SearchOptions, run_search
+    from searcher.search import SearchOptions, run_search, storage_path
     from searcher.session import data_source, open_session
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -210,7 +213,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     planned = args.num_samples or ("every grid point as" if args.search == "grid" else 12)
     print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{planned} trials ({args.search}) of {', '.join(session.methods)} on {session.space.name} "
           f"(data: {data_source(session)}), {args.scheduler}, "
-          f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}")
+          f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}; "
+          f"Ray's state: {storage_path(options, uri)}")
     table = run_search(session, options, uri, experiment)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print("\nBest trial per method (test metrics at the best validation epoch):")

@@ -169,7 +169,7 @@ def run_confirm(plan: ConfirmPlan, uri: str, options: SearchOptions) -> pd.DataF
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=storage_path(options),
+                storage_path=storage_path(options, uri),
                 callbacks=[logger],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=1),

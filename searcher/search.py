@@ -173,17 +173,29 @@ def default_name(space: str) -> str:
     return f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def experiment_path(options: SearchOptions, name: str) -> str:
-    """Where Ray keeps the search's state (``--storage``/``--name``; default ~/ray_results)."""
+def storage_path(options: SearchOptions, tracking_uri: str) -> str:
+    """Where Ray keeps its searches' state: ``--storage``, else ``ray_results/`` beside a SQLite
+    ``mlflow.db``, else Ray's own default ``~/ray_results``.
+
+    Beside the database, a project's searches (their checkpoints, and the state ``--resume``
+    needs) live in the folder its runs live in: moving or deleting the folder moves or deletes
+    both, and a second project's folder never mixes its searches with the first's. With a
+    tracking server (a cluster) there is no such folder: give a shared ``--storage`` there.
+    """
     storage = options.storage
     if storage and "://" in storage:
-        return storage.rstrip("/") + "/" + name
-    return os.path.join(os.path.abspath(os.path.expanduser(storage or "~/ray_results")), name)
+        return storage.rstrip("/")
+    if storage:
+        return os.path.abspath(os.path.expanduser(storage))
+    db = tracking.sqlite_path(tracking_uri)
+    if db is not None:
+        return os.path.join(os.path.dirname(os.path.abspath(db)), "ray_results")
+    return os.path.abspath(os.path.expanduser("~/ray_results"))
 
 
-def storage_path(options: SearchOptions) -> str | None:
-    storage = options.storage
-    return os.path.abspath(storage) if storage and "://" not in storage else storage
+def experiment_path(options: SearchOptions, name: str, tracking_uri: str) -> str:
+    """The folder (or bucket prefix) of the search ``name`` in Ray's storage."""
+    return storage_path(options, tracking_uri) + "/" + name
 
 
 def find_search_run(experiment_id: str, name: str) -> str | None:
@@ -205,7 +217,7 @@ def run_search(
     from ray import tune
 
     name = options.name or default_name(session.space.name)
-    path = experiment_path(options, name)
+    path = experiment_path(options, name, tracking_uri)
     if options.resume and not tune.Tuner.can_restore(path):
         raise ConfigError(f"no search named {name!r} to resume at {path} (give the --name and --storage it ran with)")
     if not options.resume and tune.Tuner.can_restore(path):
@@ -267,7 +279,7 @@ def run_search(
                 ),
                 run_config=tune.RunConfig(
                     name=name,
-                    storage_path=storage_path(options),
+                    storage_path=storage_path(options, tracking_uri),
                     callbacks=[logger],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=1),

@@ -4,6 +4,7 @@ weight simplex that ``fixed`` searches."""
 from __future__ import annotations
 
 import math
+import os
 
 import mlflow
 import numpy as np
@@ -11,7 +12,7 @@ import optuna
 import pytest
 
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
-from searcher.search import SEARCHES, SearchOptions, make_scheduler, objectives, plan_search, run_search
+from searcher.search import SEARCHES, SearchOptions, experiment_path, make_scheduler, objectives, plan_search, run_search, storage_path
 from searcher.session import open_session
 from spaces import SPACES, grid_points, suggest, suggest_grid_point
 from spaces.simplex import simplex_grid, simplex_lattice, weights_from_u
@@ -215,3 +216,25 @@ def test_a_named_search_is_not_silently_overwritten(ray_session, tracking_uri, t
         run_search(session, options, tracking_uri, "once")
     with pytest.raises(ConfigError, match="no search named 'other'"):
         run_search(session, SearchOptions(storage=str(tmp_path / "ray"), name="other", resume=True), tracking_uri, "once")
+
+
+def test_ray_state_defaults_to_a_folder_beside_a_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = SearchOptions()
+    assert storage_path(options, "sqlite:///mlflow.db") == str(tmp_path / "ray_results")
+    assert storage_path(options, f"sqlite:///{tmp_path}/proj/mlflow.db") == str(tmp_path / "proj" / "ray_results")
+    assert experiment_path(options, "s1", "sqlite:///mlflow.db") == str(tmp_path / "ray_results" / "s1")
+    # a tracking server has no folder: Ray's own default, and an explicit --storage always wins
+    assert storage_path(options, "http://head:5000") == os.path.expanduser("~/ray_results")
+    assert storage_path(SearchOptions(storage="runs"), "sqlite:///mlflow.db") == str(tmp_path / "runs")
+    assert experiment_path(SearchOptions(storage="s3://bucket/x/"), "s1", "http://head:5000") == "s3://bucket/x/s1"
+
+
+def test_a_search_without_storage_keeps_its_state_beside_mlflow_db_and_resumes_from_there(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///mlflow.db"
+    session = open_session("toy", ["ew"], ["steps_per_epoch=5"], None, max_epochs=1)
+    run_search(session, SearchOptions(num_samples=1, name="here", scheduler="fifo"), uri, "here")
+    assert (tmp_path / "ray_results" / "here").is_dir()
+    with pytest.raises(ConfigError, match=f"already exists at {tmp_path / 'ray_results' / 'here'}"):
+        run_search(session, SearchOptions(num_samples=1, name="here", scheduler="fifo"), uri, "here")

@@ -92,6 +92,8 @@ def test_every_node_installs_this_project_with_the_pinned_torch(config):
     setup = config["setup_commands"]  # run on the head and on every worker
     installs = [c for c in setup if "pip install" in c and re.search(rf"-e\s+{re.escape(project[0])}\b", c)]
     assert installs, f"pip install -e {project[0]} in setup_commands"
+    # with the lock, so every node runs the versions the suite passed with
+    assert all(f"-c {project[0]}/constraints.txt" in c for c in setup if "pip install" in c)
     pins = " ".join(c for c in setup if "pip install" in c)
     assert '"torch==2.14.1"' in pins and '"torchvision==0.29.1"' in pins
     # the same pins as the package itself

@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from trainables.config import COMMON
 from trainables.errors import ConfigError
-from trainables.methods import METHODS
+from trainables.methods import METHODS, Hyperparameter
 
 
 def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
@@ -22,19 +22,24 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def to_config(
-    raw: Mapping[str, str], methods: Sequence[str], problem_keys: Iterable[str]
+    raw: Mapping[str, str], methods: Sequence[str], options: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Map user parameters to config keys, checking every name.
+    """Map user parameters to typed config values, checking every name and value.
 
-    Common hyperparameters and problem options keep their names; a method's own parameter
-    may be given as ``c`` (when exactly one of ``methods`` has it) or as ``cagrad.c``.
-    Values stay strings here; the trainer casts them to each parameter's type.
+    Common hyperparameters and problem options (``options``: name -> default) keep their
+    names; a method's own parameter may be given as ``c`` (when exactly one of ``methods`` has
+    it) or as ``cagrad.c``. Each value is read through its schema (``Hyperparameter.parse``:
+    type, bounds, choices), a problem option as the type of its default, so a bad value is a
+    ``ConfigError`` here, on the driver, before Ray starts or a run is created.
     """
-    allowed = set(COMMON) | set(problem_keys)
+    allowed = set(COMMON) | set(options)
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in allowed:
-            out[key] = _number(value) if key in COMMON and COMMON[key].type in (int, float) else value
+        if key in COMMON:
+            out[key] = COMMON[key].parse("", key, value)
+            continue
+        if key in options:
+            out[key] = parse_option(key, value, options[key])
             continue
         method, dot, name = key.partition(".")
         if dot:
@@ -42,24 +47,22 @@ def to_config(
                 raise ConfigError(f"--param {key}: method {method!r} is not among the methods run ({', '.join(methods)})")
             if name not in METHODS.get(method).hyperparameters:
                 raise ConfigError(_unknown(key, methods, allowed))
-            out[key] = value
+            out[key] = METHODS.get(method).hyperparameters[name].parse(method, name, value)
             continue
         owners = [m for m in methods if key in METHODS.get(m).hyperparameters]
         if len(owners) != 1:
             raise ConfigError(_unknown(key, methods, allowed) if not owners else
                               f"--param {key} is ambiguous: write one of {', '.join(f'{m}.{key}' for m in owners)}")
-        out[f"{owners[0]}.{key}"] = value
+        out[f"{owners[0]}.{key}"] = METHODS.get(owners[0]).hyperparameters[key].parse(owners[0], key, value)
     return out
 
 
-def _number(value: str) -> Any:
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
+def parse_option(key: str, raw: Any, default: Any) -> Any:
+    """A problem option read as the type of its default (bool, int, float); text stays text
+    (the problem checks its own choices, e.g. a data source, when it prepares the data)."""
+    if default is None or isinstance(default, str) or not isinstance(default, (bool, int, float)):
+        return raw
+    return Hyperparameter(default, type(default), f"an option of the problem, default {default!r}").parse("", key, raw)
 
 
 def _unknown(key: str, methods: Sequence[str], allowed: set[str]) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from spaces import SearchSpace, get_space
 from searcher.params import parse_pairs, to_config
-from trainables.methods import METHODS
+from trainables.config import method_params, resolve
+from trainables.methods import METHODS, build_method
 from trainables.problems import Problem, build_problem
 from trainables.tune_trainable import RunSettings
 
@@ -38,7 +39,9 @@ def open_session(
     for method in methods:
         METHODS.get(method)  # an unknown name raises the registry's one-line error
     problem = build_problem(space.problem, space.problem_options)
-    fixed = to_config(parse_pairs(params), methods, list(problem.defaults) + list(space.constants))
+    fixed = to_config(parse_pairs(params), methods, {**problem.defaults, **space.constants})
+    for method in methods:
+        check_config(problem, space, method, fixed)
     data = problem.prepare(data_dir, {**problem.defaults, **space.constants, **fixed})
     settings = RunSettings(
         problem=space.problem,
@@ -47,6 +50,20 @@ def open_session(
         max_epochs=int(max_epochs or space.max_epochs),
     )
     return Session(space, problem, methods, fixed, settings, space_file)
+
+
+def check_config(problem: Problem, space: SearchSpace, method: str, fixed: Mapping[str, Any]) -> None:
+    """Resolve one method's configuration as a trial would, on the driver, so that a value no
+    trial could run with (``lr=-1``, ``optimizer=foo``, ``cagrad.c=-2``, ``grad_chunk=-1``) is a
+    ``ConfigError`` before Ray starts. Searched values take the first point of their range;
+    a ``fixed`` whose weights are searched gets equal weights (any point of the simplex)."""
+    tasks = problem.task_names
+    searched: dict[str, Any] = {k: list(v)[0] for k, v in space.common.items() if len(v)}
+    searched.update({f"{method}.{k}": list(v)[0] for k, v in space.method_ranges(method, tasks).items() if len(v)})
+    if method == "fixed" and "fixed.weights" not in fixed:
+        searched["fixed.weights"] = ",".join(["1"] * len(tasks))
+    config = resolve({**searched, **space.constants, **fixed, "method": method}, problem.defaults)
+    build_method(method, problem.tasks, method_params(config, method))
 
 
 def run_config(session: Session, method: str, seed: int) -> dict[str, Any]:

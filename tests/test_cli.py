@@ -51,7 +51,7 @@ def test_spaces_and_methods_json(capsys):
         (["train", "--space", "toy", "--method", "fixed", "--param", "weights=1,2,3"], "need 2 values"),
         (["train", "--space", "mnist_cl_rr", "--method", "ew", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
         (["tune", "--space", "toy", "--reduction-factor", "1"], "--reduction-factor must be at least 2"),
-        (["train", "--space", "toy", "--method", "mgda", "--param", "grad_chunk=-1"], "grad_chunk must be 0"),
+        (["train", "--space", "toy", "--method", "mgda", "--param", "grad_chunk=-1"], "grad_chunk must be >= 0"),
         (["tune", "--space", "toy", "--grace-period", "0"], "--grace-period must be at least 1"),
     ],
 )
@@ -60,6 +60,40 @@ def test_bad_input_gives_one_line(capsys, tracking_uri, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("searcher: error: ") and message in err
     assert "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["tune", "train"])
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("lr=abc", "cannot read 'abc' as float for lr"),
+        ("c=abc", "cannot read 'abc' as float for cagrad.c"),
+        ("c=-2", "cagrad.c must be >= 0, got -2.0"),
+        ("lr=-1", "lr must be > 0, got -1.0"),
+        ("lr=nan", "lr must be > 0, got nan"),
+        ("dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+        ("optimizer=foo", "optimizer must be one of adam, adamw, sgd, got 'foo'"),
+        ("batch_size=0.5", "cannot read '0.5' as int for batch_size"),
+        ("steps_per_epoch=abc", "cannot read 'abc' as int for steps_per_epoch"),  # an option of the toy problem
+        ("start=1.5", "cannot read '1.5' as int for start"),
+    ],
+)
+def test_a_bad_value_is_refused_on_the_driver_before_ray_or_mlflow(command, param, message, capsys, tmp_path, monkeypatch):
+    """Before, each trial failed on it with a traceback, was retried, and the search exited 0."""
+    import searcher.search
+    import searcher.tracking
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("reached past the driver's checks")
+
+    monkeypatch.setattr(searcher.search, "start_ray", must_not_run)
+    monkeypatch.setattr(searcher.tracking, "init_store", must_not_run)
+    db = tmp_path / "mlflow.db"
+    which = ["--methods", "cagrad"] if command == "tune" else ["--method", "cagrad"]
+    assert main([command, "--space", "toy", *which, "--param", param, "--tracking-uri", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("searcher: error: ") and message in err and "\n" not in err
+    assert not db.exists()  # no store, so no run
 
 
 def test_errors_print_no_traceback_from_the_console():

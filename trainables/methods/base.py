@@ -19,6 +19,7 @@ in checkpoints with the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -45,25 +46,62 @@ class StepContext:
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """A method's own hyperparameter: default, type and one line of help."""
+    """A hyperparameter (common, or a method's own): default, type, one line of help, and the
+    values it may take (``low``/``high`` bounds, open where ``open_low``/``open_high``, or a
+    fixed set of ``choices``), checked wherever a value is read, so that the driver refuses a
+    bad ``--param`` before any trial starts."""
 
     default: Any
     type: type
     help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[Any, ...] | None = None
 
     def parse(self, method: str, name: str, raw: Any) -> Any:
-        """Cast a value given on the command line or by the search to this type."""
+        """Cast a value given on the command line or by the search to this type, and check it.
+        ``method`` owns the parameter ("" for a common one), for the error message."""
+        label = f"{method}.{name}" if method else name
         try:
             if self.type is bool:
                 text = str(raw).lower()
                 if text not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(raw)
-                return text in {"true", "1", "yes"}
-            return self.type(raw)
+                value: Any = text in {"true", "1", "yes"}
+            elif self.type is int and isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError(raw)
+                value = int(raw)
+            else:
+                value = self.type(raw)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"cannot read {raw!r} as {self.type.__name__} for {method}.{name} ({self.help})"
+                f"cannot read {raw!r} as {self.type.__name__} for {label} ({self.help})"
             ) from None
+        problem = self.violation(value)
+        if problem:
+            raise ConfigError(f"{label} must be {problem}, got {value!r} ({self.help})")
+        return value
+
+    def violation(self, value: Any) -> str | None:
+        """What ``value`` breaks ("> 0", "one of adam, sgd"), or None when it is allowed."""
+        if self.choices is not None and value not in self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.low is None and self.high is None:
+            return None
+        low = self.low if self.low is not None else -math.inf
+        high = self.high if self.high is not None else math.inf
+        above = value > low if self.open_low else value >= low
+        below = value < high if self.open_high else value <= high
+        if above and below:  # (a NaN fails both)
+            return None
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
 
 class Method(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainables.errors import ConfigError
 
@@ -47,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the space's)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="number of trials (default 12; with --search grid, every point of the grid)")
+                   help="trials per method, and per task for single_task (default 3; with --search grid, every "
+                        "point of each method's grid); each method has its own sampler and its own ASHA")
     p.add_argument("--search", choices=("tpe", "random", "grid", "nsga2"), default="tpe",
                    help="Optuna sampler: tpe (default), random, grid (the paper's grid, every point once) "
                         "or nsga2 (multi-objective over the per-task validation metrics)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--prune-references", action="store_true",
+                   help="let ASHA stop single-task references too (by default they run every epoch: every delta_m "
+                        "divides by them)")
     p.add_argument("--reduction-factor", type=int, default=3,
                    help="ASHA: keep the top 1/N of each rung; rungs at grace * N^k epochs (default 3)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -191,10 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from searcher import tracking
-    from searcher.search import SearchOptions, run_search, storage_path
+    from searcher.search import DEFAULT_SAMPLES, SearchOptions, first_error, plan_search, run_search, storage_path
     from searcher.session import data_source, open_session
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -207,20 +209,43 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
         address=args.address, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, search=args.search, resume=args.resume,
+        prune_references=args.prune_references,
     )
     if args.resume and not args.name:
         raise ConfigError("--resume needs the --name of the search to continue")
-    planned = args.num_samples or ("every grid point as" if args.search == "grid" else 12)
-    print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{planned} trials ({args.search}) of {', '.join(session.methods)} on {session.space.name} "
-          f"(data: {data_source(session)}), {args.scheduler}, "
+    plan = plan_search(session, options, options.num_samples)  # checks the budget on the driver
+    per_arm = ("every point of its grid" if args.search == "grid" and args.num_samples is None
+               else f"{args.num_samples or DEFAULT_SAMPLES} trials")
+    print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{per_arm} ({args.search}) for each of "
+          f"{', '.join(plan.budgets)} on {session.space.name} (data: {data_source(session)}), {plan.num_samples} in all; "
+          f"{args.scheduler}{' per method' if args.scheduler == 'asha' else ''}"
+          f"{', references unpruned' if args.scheduler == 'asha' and not args.prune_references else ''}, "
           f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}; "
           f"Ray's state: {storage_path(options, uri)}")
-    table = run_search(session, options, uri, experiment)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("\nBest trial per method (test metrics at the best validation epoch):")
-        print(table.to_string(index=False, na_rep="-") if not table.empty else "  no trial reported a result")
+    table = run_search(session, options, uri, experiment, plan)
+    print_outcome(table)
     print(f"\nBrowse: mlflow ui --backend-store-uri {uri}")
+    failure = first_error(table)
+    if failure:
+        print(f"searcher: error: every trial of the search failed; {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def print_outcome(table: Any) -> None:
+    """The end table of a search: the methods ranked, then the single-task references apart."""
+    import pandas as pd
+
+    if table.empty:
+        print("\n  no trial reported a result")
+        return
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 80):
+        for role, title in (("method", "Methods, ranked by their best validation score (test metrics at that epoch)"),
+                            ("reference", "Single-task references (each scores one task: not ranked with the methods)")):
+            rows = table[table["role"] == role].drop(columns="role").replace("", None).dropna(axis=1, how="all")
+            if not rows.empty:
+                print(f"\n{title}:")
+                print(rows.to_string(index=False, na_rep="-"))
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:

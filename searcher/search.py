@@ -10,18 +10,19 @@ import functools
 import os
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import mlflow
 import pandas as pd
 
 from searcher import tracking
+from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session, data_source, session_tags
 from spaces import grid_points, suggest, suggest_grid_point
 from trainables.errors import ConfigError
-from trainables.tune_trainable import SEARCH_METRIC, train_trial
+from trainables.tune_trainable import DIVERGED_SCORE, SEARCH_METRIC, train_trial
 
 
 @dataclass
@@ -39,6 +40,8 @@ class SearchOptions:
     reduction_factor: int = 3
     search: str = "tpe"
     resume: bool = False
+    #: Let ASHA stop single-task references too (by default they run every epoch: Δm divides by them).
+    prune_references: bool = False
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 2:
@@ -92,33 +95,46 @@ def start_ray(address: str | None) -> None:
 
 
 def make_scheduler(
-    kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None, reduction_factor: int = 3
+    kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None, reduction_factor: int = 3,
+    unpruned: Sequence[str] = (),
 ) -> Any:
-    """ASHA (or FIFO) over epochs. ``metric`` is given only when the search has several
+    """ASHA per arm (or FIFO) over epochs. ``metric`` is given only when the search has several
     objectives: then ASHA ranks trials by the scalar score and the searcher gets the rest.
     ASHA (Li et al. 2020) keeps the top 1/``reduction_factor`` of each rung; rungs sit at
-    ``grace_period * reduction_factor**k`` epochs."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    ``grace_period * reduction_factor**k`` epochs. Each arm (method, or single-task task) has
+    its own ASHA, so no trial is stopped because another method learns faster; arms in
+    ``unpruned`` run every trial to the end."""
+    from ray.tune.schedulers import FIFOScheduler
 
     if kind == "fifo":
         return FIFOScheduler()
     grace = grace_period or max(1, max_epochs // 5)
-    extra = {"metric": metric, "mode": "max"} if metric else {}
-    return ASHAScheduler(
-        time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace, max_epochs),
-        reduction_factor=reduction_factor, **extra
-    )
+    asha = {"time_attr": "training_iteration", "max_t": max_epochs, "grace_period": min(grace, max_epochs),
+            "reduction_factor": reduction_factor}
+    return PerArmScheduler(asha, unpruned, metric=metric, mode="max" if metric else None)
+
+
+#: Trials per arm when ``--num-samples`` is not given (tpe, random, nsga2).
+DEFAULT_SAMPLES = 3
 
 
 @dataclass
 class SearchPlan:
-    """What the search algorithm optimizes and how many trials it runs."""
+    """What the search algorithm optimizes and how many trials each arm runs."""
 
     search_alg: Any
     metric: str | list[str]
     mode: str | list[str]
+    #: Trials in all (the sum of the budgets).
     num_samples: int
-    grid_size: int | None = None
+    #: Trials per arm (``cagrad``, ``single_task[CL]``, ...), in the arms' order.
+    budgets: dict[str, int] = field(default_factory=dict)
+    #: With ``--search grid``: the points of each arm's grid.
+    grid_sizes: dict[str, int] | None = None
+
+    @property
+    def grid_size(self) -> int | None:
+        return sum(self.grid_sizes.values()) if self.grid_sizes else None
 
 
 def objectives(session: Session) -> tuple[list[str], list[str]]:
@@ -131,41 +147,63 @@ def objectives(session: Session) -> tuple[list[str], list[str]]:
     return metrics, modes
 
 
-def plan_search(session: Session, options: SearchOptions, num_samples: int | None) -> SearchPlan:
-    """The Optuna sampler behind OptunaSearch for ``--search``.
-
-    tpe: multivariate TPE over the conditional space (the default); random; grid: Optuna's
-    GridSampler over every grid point once (`002`'s protocol); nsga2: multi-objective over the
-    per-task validation metrics (Pareto front instead of one score).
-    """
+def make_sampler(kind: str, seed: int) -> Any:
+    """A fresh Optuna sampler of the kind ``--search`` names (one per arm: no shared state)."""
     import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return PicklableNSGAIISampler(seed=seed)
+    raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
+
+
+def plan_search(session: Session, options: SearchOptions, num_samples: int | None) -> SearchPlan:
+    """One Optuna search per arm behind one Ray Tune search algorithm (``PerArmSearch``).
+
+    ``num_samples`` is the budget of each arm (each method, and ``single_task`` per task), as
+    in `002`'s protocol; each arm has its own sampler (same seed, so a random search draws the
+    same common hyperparameters for every method) and its own study. tpe: multivariate TPE
+    over the arm's conditional space (the default); random; nsga2: multi-objective over the
+    per-task validation metrics; grid: every point of each arm's grid once (or its first
+    ``num_samples`` in a seeded order).
+    """
     from ray.tune.search.optuna import OptunaSearch
 
     kind = options.search
+    if kind not in SEARCHES:
+        raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
     tasks = session.problem.task_names
-    space_fn: Any = functools.partial(suggest, space=session.space, methods=session.methods, tasks=tasks, fixed=session.fixed)
     metric: str | list[str] = SEARCH_METRIC
     mode: str | list[str] = "max"
-    grid_size = None
-    if kind == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
-    elif kind == "random":
-        sampler = optuna.samplers.RandomSampler(seed=options.seed)
-    elif kind == "nsga2":
-        sampler = PicklableNSGAIISampler(seed=options.seed)
+    if kind == "nsga2":
         metric, mode = objectives(session)
-    elif kind == "grid":
-        points = grid_points(session.space, session.methods, tasks, session.fixed)
-        grid_size = len(points)
-        sampler = grid_sampler(grid_size, options.seed)
-        space_fn = functools.partial(suggest_grid_point, space=session.space, points=points, fixed=session.fixed)
-        if num_samples is not None and num_samples > grid_size:
-            raise ConfigError(f"--num-samples {num_samples} is more than the {grid_size} points of the grid")
-    else:
-        raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
-    search_alg = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler, seed=options.seed)
-    samples = num_samples if num_samples is not None else (grid_size or 12)
-    return SearchPlan(search_alg, metric, mode, samples, grid_size)
+    # the search's --seed is every trial's base seed (a trial's seed is seed + its run index)
+    base = {"seed": options.seed, **session.fixed}
+    searchers, budgets, grid_sizes = {}, {}, {}
+    for arm in arms_of(session.methods, tasks, session.fixed):
+        fixed = {**base, **arm.fixed()}
+        space_fn: Any
+        if kind == "grid":
+            points = grid_points(session.space, [arm.method], tasks, fixed)
+            grid_sizes[arm.key] = len(points)
+            sampler = grid_sampler(len(points), options.seed)
+            space_fn = functools.partial(suggest_grid_point, space=session.space, points=points, fixed=fixed)
+            budgets[arm.key] = len(points) if num_samples is None else min(num_samples, len(points))
+        else:
+            sampler = make_sampler(kind, options.seed)
+            space_fn = functools.partial(suggest, space=session.space, methods=[arm.method], tasks=tasks, fixed=fixed)
+            budgets[arm.key] = num_samples or DEFAULT_SAMPLES
+        searchers[arm.key] = OptunaSearch(space=space_fn, metric=metric, mode=mode, sampler=sampler, seed=options.seed)
+    if kind == "grid" and num_samples is not None and num_samples > max(grid_sizes.values()):
+        raise ConfigError(f"--num-samples {num_samples} is more than the points of every arm's grid "
+                          f"({', '.join(f'{k}: {n}' for k, n in grid_sizes.items())})")
+    search_alg = PerArmSearch(searchers, budgets, metric, mode)
+    return SearchPlan(search_alg, metric, mode, sum(budgets.values()), budgets, grid_sizes or None)
 
 
 def default_name(space: str) -> str:
@@ -210,9 +248,10 @@ def find_search_run(experiment_id: str, name: str) -> str | None:
 
 
 def run_search(
-    session: Session, options: SearchOptions, tracking_uri: str, experiment: str
+    session: Session, options: SearchOptions, tracking_uri: str, experiment: str, plan: SearchPlan | None = None
 ) -> pd.DataFrame:
-    """Run (or, with ``options.resume``, continue) the search; return the best trial per method."""
+    """Run (or, with ``options.resume``, continue) the search (``plan``: as ``plan_search`` makes
+    it from ``options``); return the best trial per arm (``best_per_method``)."""
     quiet_ray_env(options.address)
     from ray import tune
 
@@ -222,7 +261,7 @@ def run_search(
         raise ConfigError(f"no search named {name!r} to resume at {path} (give the --name and --storage it ran with)")
     if not options.resume and tune.Tuner.can_restore(path):
         raise ConfigError(f"a search named {name!r} already exists at {path}: add --resume to continue it, or pick another --name")
-    plan = plan_search(session, options, options.num_samples)
+    plan = plan or plan_search(session, options, options.num_samples)
     experiment_id = tracking.init_store(tracking_uri, experiment)
     start_ray(options.address)
 
@@ -241,7 +280,11 @@ def run_search(
             mlflow.log_params(
                 {
                     "methods": ",".join(session.methods),
-                    "num_samples": plan.num_samples,
+                    # trials per arm (each method, and single_task per task)
+                    "num_samples": options.num_samples or ("grid" if options.search == "grid" else DEFAULT_SAMPLES),
+                    "arms": ",".join(plan.budgets),
+                    "trials_planned": plan.num_samples,
+                    "prune_references": options.prune_references,
                     "search": options.search,
                     "scheduler": options.scheduler,
                     "max_epochs": max_epochs,
@@ -273,6 +316,7 @@ def run_search(
                     scheduler=make_scheduler(
                         options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None,
                         options.reduction_factor,
+                        unpruned=() if options.prune_references else [a for a in plan.budgets if a.startswith(STL)],
                     ),
                     num_samples=plan.num_samples,
                     max_concurrent_trials=options.max_concurrent,
@@ -287,47 +331,110 @@ def run_search(
                 ),
             )
         results = tuner.fit()
-        table = best_per_method(results.get_dataframe())
-        if not table.empty:
-            mlflow.log_table(table, "best_per_method.json")
-            mlflow.log_text(table.to_string(index=False), "best_per_method.txt")
+        table = best_per_method(trial_frame(results), list(plan.budgets))
+        mlflow.log_table(table, "best_per_method.json")
+        mlflow.log_text(table.to_string(index=False), "best_per_method.txt")
         mlflow.log_metric("trials", len(results))
         mlflow.log_metric("errors", len(results.errors))
     return table
 
 
-def best_per_method(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per method (per task for single_task): its best trial by ``best/val_score``."""
-    if df.empty or SEARCH_METRIC not in df:
-        return pd.DataFrame()
-    df = df.copy()
-    df["method"] = df["config/method"]
-    if "config/single_task.task" in df:
-        is_stl = df["method"] == "single_task"
-        df.loc[is_stl, "method"] = "single_task[" + df.loc[is_stl, "config/single_task.task"].astype(str) + "]"
-    counts = df.groupby("method").size()
-    best = df.sort_values(SEARCH_METRIC, ascending=False).groupby("method", sort=False).head(1)
+def trial_frame(results: Any) -> pd.DataFrame:
+    """One row per trial of a finished Ray Tune run: its config (``config/<key>``), its last
+    reported metrics, and the first line of its error (None when it did not fail). Unlike
+    ``ResultGrid.get_dataframe``, a trial that failed before reporting anything is kept."""
     rows = []
-    for _, row in best.iterrows():
+    for result in results:
+        row: dict[str, Any] = {f"config/{k}": v for k, v in (result.config or {}).items()}
+        row.update({k: v for k, v in (result.metrics or {}).items() if not isinstance(v, dict)})
+        error = result.error
+        row["error"] = (str(error).strip().splitlines() or [type(error).__name__])[-1][:300] if error else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_per_method(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per arm (each method, ``single_task[<task>]`` per task): its best trial by
+    ``best/val_score``, and how many trials it ran, finished and lost to errors.
+
+    Every arm in ``arms`` (the search's) has a row, with ``note`` saying why where it has no
+    finished trial; methods come first, ranked by their best score, then the single-task
+    references (role ``reference``: their score covers one task, so they are not ranked with
+    the methods). A trial counts as finished when it did not fail and reached a valid epoch.
+    """
+    df = df.copy() if not df.empty else pd.DataFrame({"config/method": pd.Series(dtype=object)})
+    if "config/method" not in df:
+        df["config/method"] = None
+    for column, empty in ((SEARCH_METRIC, float("nan")), ("error", None), ("diverged", 0.0)):
+        if column not in df:
+            df[column] = empty
+    df["arm"] = [arm_of_config({k[len("config/"):]: v for k, v in row.items() if k.startswith("config/") and pd.notna(v)})
+                 for row in df.to_dict("records")]
+    failed = df["error"].notna()
+    df["finished"] = ~failed & df[SEARCH_METRIC].notna() & (df[SEARCH_METRIC] > DIVERGED_SCORE)
+    order = list(arms) if arms is not None else list(dict.fromkeys(df["arm"]))
+    test_columns = sorted(c for c in df.columns if c.startswith("best/test/"))
+    rows = []
+    for arm in order:
+        trials = df[df["arm"] == arm]
+        done = trials[trials["finished"]]
+        out: dict[str, Any] = {
+            "method": arm, "role": "reference" if arm.startswith(STL) else "method",
+            "trials": len(trials), "finished": len(done), "failed": int(trials["error"].notna().sum()),
+            "val_score": None, "epoch": None, "params": "", "note": "",
+        }
+        for column in test_columns:
+            out[column[len("best/test/"):]] = None
+        if done.empty:
+            out["note"] = "no finished trial: " + _why_none(trials)
+            rows.append(out)
+            continue
+        row = done.sort_values(SEARCH_METRIC, ascending=False).iloc[0]
         method_key = row["config/method"]
-        params = {
-            c[len("config/") :]: row[c]
-            for c in df.columns
+        out["val_score"] = round(float(row[SEARCH_METRIC]), 3)
+        out["epoch"] = int(row.get("best/epoch", 0))
+        out["params"] = " ".join(
+            f"{c[len('config/'):]}={row[c]}" for c in df.columns
             if c.startswith("config/") and pd.notna(row[c])
-            and (c[len("config/") :] in ("lr", "dropout", "optimizer") or c.startswith(f"config/{method_key}."))
-        }
-        out = {
-            "method": row["method"],
-            "trials": int(counts[row["method"]]),
-            "val_score": round(float(row[SEARCH_METRIC]), 3),
-            "epoch": int(row.get("best/epoch", 0)),
-            "params": " ".join(f"{k}={v}" for k, v in params.items()),
-        }
-        trained = str(row.get("config/single_task.task")) if method_key == "single_task" else None
-        for c in df.columns:
-            if c.startswith("best/test/"):
-                task_metric = c[len("best/test/") :]
-                keep = pd.notna(row[c]) and (trained is None or task_metric.split("/")[0] == trained)
-                out[task_metric] = round(float(row[c]), 4) if keep else None
+            and (c[len("config/"):] in ("lr", "dropout", "optimizer") or c.startswith(f"config/{method_key}."))
+            and c != f"config/{TASK_KEY}"
+        )
+        trained = str(row.get(f"config/{TASK_KEY}")) if method_key == STL else None
+        for column in test_columns:
+            keep = pd.notna(row[column]) and (trained is None or column[len("best/test/"):].split("/")[0] == trained)
+            out[column[len("best/test/"):]] = round(float(row[column]), 4) if keep else None
+        if out["failed"] or (trials["diverged"] == 1).any():
+            out["note"] = _why_none(trials[~trials["finished"]], partial=True)
         rows.append(out)
-    return pd.DataFrame(rows).sort_values("val_score", ascending=False).reset_index(drop=True)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["_rank"] = table["val_score"].astype(float).fillna(-float("inf"))
+    methods = table[table["role"] == "method"].sort_values("_rank", ascending=False, kind="stable")
+    references = table[table["role"] == "reference"]
+    return pd.concat([methods, references]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _why_none(trials: pd.DataFrame, partial: bool = False) -> str:
+    """Why trials have no result: how many failed (with the first error) or diverged."""
+    if trials.empty:
+        return "" if partial else "no trial ran"
+    parts = []
+    errors = trials["error"].dropna()
+    if len(errors):
+        parts.append(f"{len(errors)} failed ({errors.iloc[0]})")
+    diverged = int((trials["diverged"] == 1).sum())
+    if diverged:
+        parts.append(f"{diverged} diverged")
+    unscored = len(trials) - len(errors) - diverged
+    if unscored > 0 and not partial:
+        parts.append(f"{unscored} without a valid epoch")
+    return ", ".join(parts)
+
+
+def first_error(table: pd.DataFrame) -> str | None:
+    """The search failed as a whole: every trial of every arm failed (not diverged). Then the
+    first error, for the one line the command ends with; else None."""
+    if table.empty or int(table["trials"].sum()) == 0 or int(table["failed"].sum()) < int(table["trials"].sum()):
+        return None
+    return next(note for note in table["note"] if note)

@@ -35,7 +35,7 @@ def test_select_best_takes_the_top_finished_runs_per_method_and_task():
 
 def test_confirm_retrains_the_best_configuration_of_each_method_with_new_seeds(ray_session, tracking_uri, tmp_path):
     session = open_session("toy", ["ew", "cagrad"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=2)
-    run_search(session, SearchOptions(num_samples=6, seed=2, storage=str(tmp_path / "ray"), name="s", scheduler="fifo"),
+    run_search(session, SearchOptions(num_samples=3, seed=2, storage=str(tmp_path / "ray"), name="s", scheduler="fifo"),
                tracking_uri, "confirm-test")
     plan = plan_confirm(tracking_uri, "confirm-test", top=1, repeats=2, data_dir=None)
     assert set(plan.sources["method_key"]) <= {"ew", "cagrad"} and len(plan.configs) == 2 * len(plan.sources)

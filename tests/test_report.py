@@ -338,8 +338,8 @@ def test_search_extract_rerun_report_end_to_end(ray_session, store, tmp_path, ca
     tracking_uri = store
     experiment = "toy-report"
     session = open_session("toy", ["ew", "cagrad", "single_task"], ["steps_per_epoch=10"], None, max_epochs=3)
-    # seed 2: Optuna's first four (random start-up) draws are single_task[f2], ew, single_task[f1], cagrad
-    run_search(session, SearchOptions(num_samples=4, seed=2, scheduler="fifo", storage=str(tmp_path / "ray"),
+    # one trial per arm: ew, cagrad, single_task[f1], single_task[f2]
+    run_search(session, SearchOptions(num_samples=1, seed=2, scheduler="fifo", storage=str(tmp_path / "ray"),
                                       name="toy-report"), tracking_uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     trials = mlflow.search_runs(experiment_names=[experiment])

@@ -112,8 +112,10 @@ def test_grid_sampler_visits_every_point_exactly_once():
 def test_plan_rejects_more_samples_than_grid_points_and_unknown_searches():
     session = open_session("toy", ["ew"], ["optimizer=adam", "start=0"], None, max_epochs=1)
     assert plan_search(session, SearchOptions(search="grid"), None).num_samples == 5
-    with pytest.raises(ConfigError, match="more than the 5 points"):
+    with pytest.raises(ConfigError, match=r"more than the points of every arm's grid \(ew: 5\)"):
         plan_search(session, SearchOptions(search="grid"), 6)
+    with pytest.raises(ConfigError, match="--num-samples must be at least 1"):
+        plan_search(session, SearchOptions(search="tpe"), 0)
     with pytest.raises(ConfigError, match="unknown search"):
         plan_search(session, SearchOptions(search="bayes"), 3)
 
@@ -127,9 +129,9 @@ def test_every_planned_search_algorithm_pickles_and_still_samples_after(search):
 
     session = open_session("toy", ["ew", "cagrad"], ["optimizer=adam", "start=0"], None, max_epochs=1)
     plan = plan_search(session, SearchOptions(search=search, seed=3), None)
-    sampler = plan.search_alg._sampler
     twin = pickle.loads(pickle.dumps(plan.search_alg))
-    assert type(twin._sampler) is type(sampler)
+    for arm, searcher in plan.search_alg._searchers.items():  # one sampler per arm
+        assert type(twin._searchers[arm]._sampler) is type(searcher._sampler)
     # the unpickled sampler draws what the original draws: the RNG state travelled with it
     for name in ("t1", "t2", "t3"):
         assert twin.suggest(name) == plan.search_alg.suggest(name)
@@ -161,8 +163,8 @@ def test_nsga2_sampler_pickles_with_its_lock_rebuilt_and_keeps_optunas_behaviour
 def test_asha_rungs_sit_at_grace_times_powers_of_the_reduction_factor():
     """ASHA (Li et al. 2020, Alg. 1): rung k at grace * eta^k epochs, below max_t; FIFO has none.
     (Read from Ray's scheduler: its milestones are what decides when trials can be stopped.)"""
-    def rungs(scheduler):
-        return sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+    def rungs(scheduler):  # (every arm's ASHA has the same rungs)
+        return sorted(milestone for milestone, _ in scheduler.scheduler_for("ew")._brackets[0]._rungs)
 
     assert rungs(make_scheduler("asha", 30, 3, reduction_factor=3)) == [3, 9, 27]
     assert rungs(make_scheduler("asha", 10, 2, reduction_factor=4)) == [2, 8]

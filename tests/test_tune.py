@@ -41,7 +41,7 @@ def test_define_by_run_space_is_conditional_on_the_method():
 
 def test_search_leaves_one_mlflow_run_per_trial_with_epoch_metrics(ray_session, tracking_uri, tmp_path):
     session = open_session("toy", ["ew", "cagrad"], ["steps_per_epoch=20"], None, max_epochs=4)
-    options = SearchOptions(num_samples=6, seed=1, storage=str(tmp_path / "ray"), name="toy-test", grace_period=1)
+    options = SearchOptions(num_samples=3, seed=1, storage=str(tmp_path / "ray"), name="toy-test", grace_period=1)
     table = run_search(session, options, tracking_uri, "toy-test")
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -50,7 +50,7 @@ def test_search_leaves_one_mlflow_run_per_trial_with_epoch_metrics(ray_session, 
     trials = runs[runs["tags.searcher.role"] != "search"]
     assert len(parents) == 1 and len(trials) == 6
     assert (trials["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
-    assert set(trials["params.method"]) <= {"ew", "cagrad"}
+    assert trials["params.method"].value_counts().to_dict() == {"ew": 3, "cagrad": 3}  # 3 trials per method
     assert set(trials["tags.searcher.status"]) <= {"completed", "stopped_early"}
 
     client = MlflowClient(tracking_uri)
@@ -107,7 +107,7 @@ def test_a_diverging_trial_is_marked_and_does_not_stop_the_search(ray_session, t
     assert runs["tags.searcher.diverged_reason"].str.contains("diverged in epoch 1").all()
 
 
-def test_best_per_method_groups_single_task_by_task():
+def test_best_per_method_groups_single_task_by_task_and_ranks_methods_apart_from_references():
     import pandas as pd
 
     df = pd.DataFrame(
@@ -127,7 +127,40 @@ def test_best_per_method_groups_single_task_by_task():
     assert rows.loc["single_task[RR]", "RR/mse"] == 0.7 and pd.isna(rows.loc["single_task[RR]", "CL/accuracy"])
     assert rows.loc["single_task[CL]", "CL/accuracy"] == 0.2 and pd.isna(rows.loc["single_task[CL]", "RR/mse"])
     assert rows.loc["ew", "RR/mse"] == 0.9
-    assert list(table["method"]) == ["single_task[RR]", "ew", "single_task[CL]"]
-    assert list(table["val_score"]) == [5.0, 3.0, 2.0]
-    assert table.set_index("method").loc["ew", "params"] == "lr=0.2"
-    assert table.set_index("method").loc["ew", "trials"] == 2
+    # the methods are ranked; the references (one task's score each) follow, apart, unranked
+    assert list(table["method"]) == ["ew", "single_task[CL]", "single_task[RR]"]
+    assert list(table["role"]) == ["method", "reference", "reference"]
+    assert list(table["val_score"]) == [3.0, 2.0, 5.0]
+    assert rows.loc["ew", "params"] == "lr=0.2" and rows.loc["single_task[RR]", "params"] == "lr=0.1"
+    assert rows.loc["ew", "trials"] == 2 and rows.loc["ew", "finished"] == 2
+
+
+def test_every_requested_method_has_a_row_and_a_reason_when_it_has_no_result():
+    import pandas as pd
+
+    from searcher.search import first_error
+    from trainables.tune_trainable import DIVERGED_SCORE
+
+    df = pd.DataFrame(
+        {
+            "config/method": ["ew", "ew", "uw", "uw", "cagrad"],
+            "best/val_score": [1.0, 3.0, float("nan"), DIVERGED_SCORE, 2.0],
+            "best/epoch": [1, 2, 0, 0, 2],
+            "diverged": [0.0, 0.0, 0.0, 1.0, 0.0],
+            "error": [None, None, "RuntimeError: CUDA out of memory", None, None],
+        }
+    )
+    table = best_per_method(df, ["ew", "uw", "cagrad", "pcgrad"]).set_index("method")
+    assert list(table.index) == ["ew", "cagrad", "uw", "pcgrad"]  # ranked; those without a result last
+    assert table.loc["uw", "note"] == "no finished trial: 1 failed (RuntimeError: CUDA out of memory), 1 diverged"
+    assert table.loc["pcgrad", "note"] == "no finished trial: no trial ran" and table.loc["pcgrad", "trials"] == 0
+    assert (table.loc["uw", "trials"], table.loc["uw", "finished"], table.loc["uw", "failed"]) == (2, 0, 1)
+    assert pd.isna(table.loc["uw", "val_score"])
+    assert first_error(best_per_method(df, ["ew", "uw"])) is None  # some trials succeeded: exit 0
+
+    failed = pd.DataFrame({"config/method": ["ew", "uw"], "error": ["ValueError: boom", "ValueError: bang"]})
+    everything_failed = best_per_method(failed, ["ew", "uw"])
+    assert first_error(everything_failed) == "no finished trial: 1 failed (ValueError: boom)"
+    # every trial diverged (a result, clearly marked), none failed: not an error of the command
+    diverged = pd.DataFrame({"config/method": ["ew"], "best/val_score": [DIVERGED_SCORE], "diverged": [1.0]})
+    assert first_error(best_per_method(diverged, ["ew"])) is None

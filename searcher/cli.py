@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or nsga2 (multi-objective over the per-task validation metrics)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--verbose", action="store_true", help="Ray's per-trial output (default: one progress line per trial)")
     p.add_argument("--prune-references", action="store_true",
                    help="let ASHA stop single-task references too (by default they run every epoch: every delta_m "
                         "divides by them)")
@@ -209,7 +210,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
         address=args.address, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, search=args.search, resume=args.resume,
-        prune_references=args.prune_references,
+        prune_references=args.prune_references, verbose=args.verbose,
     )
     if args.resume and not args.name:
         raise ConfigError("--resume needs the --name of the search to continue")

@@ -10,6 +10,7 @@ import functools
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import mlflow
 import pandas as pd
 
 from searcher import tracking
+from searcher.progress import ProgressLine
 from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session, data_source, session_tags
@@ -42,6 +44,8 @@ class SearchOptions:
     resume: bool = False
     #: Let ASHA stop single-task references too (by default they run every epoch: Δm divides by them).
     prune_references: bool = False
+    #: Ray's own per-trial output (else one progress line per finished trial).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 2:
@@ -152,7 +156,9 @@ def make_sampler(kind: str, seed: int) -> Any:
     import optuna
 
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        with warnings.catch_warnings():  # `group` is marked experimental; nothing the user can act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
@@ -170,8 +176,10 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
     per-task validation metrics; grid: every point of each arm's grid once (or its first
     ``num_samples`` in a seeded order).
     """
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per arm's new study
     kind = options.search
     if kind not in SEARCHES:
         raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
@@ -324,10 +332,10 @@ def run_search(
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=storage_path(options, tracking_uri),
-                    callbacks=[logger],
+                    callbacks=[logger, ProgressLine(plan.budgets, max_epochs)],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=1),
-                    verbose=1,
+                    verbose=1 if options.verbose else 0,
                 ),
             )
         results = tuner.fit()

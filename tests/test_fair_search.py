@@ -162,3 +162,30 @@ def test_arms_are_methods_and_one_reference_per_task():
     assert arm_of_config({"method": "single_task", "single_task.task": "CL"}) == "single_task[CL]"
     assert arm_of_config({"method": "cagrad", "cagrad.c": 0.5}) == "cagrad"
     assert Arm("single_task", "CL").is_reference and not Arm("ew").is_reference
+
+
+def test_the_progress_line_counts_each_arm_against_its_budget():
+    import io
+
+    from searcher.progress import ProgressLine
+
+    @dataclass
+    class Ended:
+        trial_id: str
+        config: dict
+        last_result: dict
+
+    out = io.StringIO()
+    progress = ProgressLine({"ew": 2, "single_task[f1]": 1}, max_epochs=4, stream=out)
+    progress.on_trial_start(0, [], Ended("a", {"method": "ew"}, {}))
+    progress.on_trial_start(0, [], Ended("b", {"method": "ew"}, {}))
+    progress.on_trial_complete(0, [], Ended("a", {"method": "ew"}, {"epoch": 2, "best/val_score": -3.5}))
+    line = out.getvalue().strip()
+    assert line.startswith("searcher: [1/3] ew 1/2 (1 pruned, best -3.50) | single_task[f1] 0/1 | 1 running | 0:00")
+    progress.on_trial_error(0, [], Ended("b", {"method": "ew"}, {}))
+    progress.on_trial_complete(0, [], Ended("c", {"method": "single_task", "single_task.task": "f1"},
+                                            {"epoch": 4, "best/val_score": 1.0}))
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith("searcher: [3/3] ew 2/2 (1 pruned, 1 failed, best -3.50) | single_task[f1] 1/1 (best 1.00) | 0 running")
+    assert "left" not in last  # nothing left to estimate
+    assert pickle.loads(pickle.dumps(progress)).done == progress.done  # Ray pickles callbacks

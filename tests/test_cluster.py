@@ -510,6 +510,9 @@ def test_the_search_survives_losing_a_node(cluster, tmp_path):
     after = [r for r in rows if r["node_ip"] != node.ip]
     assert lost and after and rows.index(after[0]) == len(lost)  # lost node first, then elsewhere
     assert {r["node_ip"] for r in after} == {cluster.head_ip}
-    # retried from the last checkpoint it reported on the lost node, not from scratch
-    assert after[0]["iterations_since_restore"] == 1 and after[0]["epoch"] == lost[-1]["epoch"] + 1 >= epoch + 1
+    # retried from a checkpoint it made on the lost node, not from scratch: from its last one, or
+    # (seen once in 5 runs, 2026-12-05) the one before, when the node died between the driver
+    # writing the last epoch's result row and registering that epoch's checkpoint
+    assert after[0]["iterations_since_restore"] == 1 and after[0]["epoch"] >= max(epoch, 1) + 1
+    assert after[0]["epoch"] in (lost[-1]["epoch"] + 1, lost[-1]["epoch"])
     check_one_complete_run_per_trial(uri, "lost", states, max_epochs)

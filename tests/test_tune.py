@@ -164,3 +164,27 @@ def test_every_requested_method_has_a_row_and_a_reason_when_it_has_no_result():
     # every trial diverged (a result, clearly marked), none failed: not an error of the command
     diverged = pd.DataFrame({"config/method": ["ew"], "best/val_score": [DIVERGED_SCORE], "diverged": [1.0]})
     assert first_error(best_per_method(diverged, ["ew"])) is None
+
+
+def test_a_search_whose_every_trial_failed_exits_non_zero_with_the_first_error(ray_session, tracking_uri, tmp_path, capsys):
+    """A trial that errors (here: asking for CUDA on a machine that has none, which only the
+    worker can know on a cluster) is a failure, not a divergence: when all of them fail the
+    command says so in one line and exits 1, after logging what there is."""
+    import torch
+
+    from searcher.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA, so that device=cuda fails in the trial")
+    rc = main(["tune", "--space", "toy", "--methods", "ew", "--num-samples", "2", "--max-epochs", "1",
+               "--scheduler", "fifo", "--param", "device=cuda", "--storage", str(tmp_path / "ray"),
+               "--name", "broken", "--tracking-uri", tracking_uri, "--experiment", "broken"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("searcher: error: every trial of the search failed; no finished trial: 2 failed (")
+    assert "ew       2         0       2" in captured.out  # the table still lists the method
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["broken"])
+    trials = runs[runs["tags.searcher.role"] != "search"]
+    assert len(trials) == 2 and set(trials["tags.searcher.status"]) == {"failed"}

@@ -72,7 +72,20 @@ def arms_of(methods: Sequence[str], tasks: Sequence[str], fixed: Mapping[str, An
     return arms
 
 
-class PerArmSearch(Searcher):
+class PickledState:
+    """``save``/``restore`` of a Ray Tune searcher or scheduler: its whole state, pickled
+    (the arms' own searchers and schedulers travel inside it)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PerArmSearch(PickledState, Searcher):
     """One search algorithm per arm behind Ray Tune's single ``search_alg``.
 
     ``suggest`` gives the next trial to the arm with the fewest trials so far among those
@@ -125,16 +138,8 @@ class PerArmSearch(Searcher):
         if trial_id in self._owner:
             self._searchers[self._owner[trial_id]].on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class PerArmScheduler(FIFOScheduler):
+class PerArmScheduler(PickledState, FIFOScheduler):
     """A scheduler per arm: trials of one arm are ranked only against each other.
 
     Each arm gets its own ``ASHAScheduler(**asha)``, made on its first trial; arms in
@@ -192,11 +197,3 @@ class PerArmScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         return "\n".join(f"{arm}: {s.debug_string()}" for arm, s in self._schedulers.items())
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))

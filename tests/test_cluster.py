@@ -377,8 +377,10 @@ def test_trials_run_on_both_nodes(cluster, tmp_path):
     every trial ends with all its epochs in Ray and one MLflow run."""
     node = cluster.second_node()
     storage, uri, log = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "driver.log"
+    # trials of several seconds: workers are reused, so a worker that finished a short trial
+    # before the other node's worker had started would take the next one too
     args = tune_args("spread", storage, uri, cluster.address,
-                     "--param", "steps_per_epoch=100", "--max-epochs", "3", "--num-samples", "2")  # x 2 methods
+                     "--param", "steps_per_epoch=3000", "--max-epochs", "3", "--num-samples", "2")  # x 2 methods
     finish(cluster.driver(args, log), log)
 
     experiment = storage / "spread"

@@ -40,7 +40,7 @@ class Arm:
 
     @property
     def is_reference(self) -> bool:
-        return self.method == STL
+        return is_reference(self.key)
 
     def fixed(self) -> dict[str, Any]:
         """The values that make a trial this arm's (the task of a single-task reference)."""
@@ -49,6 +49,11 @@ class Arm:
 
 def arm_key(method: str, task: str | None = None) -> str:
     return f"{method}[{task}]" if method == STL and task else method
+
+
+def is_reference(arm: str) -> bool:
+    """Whether the arm named ``arm`` (a key of ``arm_key``) is a single-task reference."""
+    return arm == STL or arm.startswith(STL + "[")
 
 
 def arm_of_config(config: Mapping[str, Any]) -> str:

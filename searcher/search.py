@@ -19,7 +19,7 @@ import pandas as pd
 
 from searcher import tracking
 from searcher.progress import ProgressLine
-from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of
+from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session, data_source, session_tags
 from spaces import grid_points, suggest, suggest_grid_point
@@ -326,7 +326,7 @@ def run_search(
                     scheduler=make_scheduler(
                         options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None,
                         options.reduction_factor,
-                        unpruned=() if options.prune_references else [a for a in plan.budgets if a.startswith(STL)],
+                        unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
                     ),
                     num_samples=plan.num_samples,
                     max_concurrent_trials=options.max_concurrent,
@@ -392,7 +392,7 @@ def best_per_method(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.D
         trials = df[df["arm"] == arm]
         done = trials[trials["finished"]]
         out: dict[str, Any] = {
-            "method": arm, "role": "reference" if arm.startswith(STL) else "method",
+            "method": arm, "role": "reference" if is_reference(arm) else "method",
             "trials": len(trials), "finished": len(done), "failed": int(trials["error"].notna().sum()),
             "val_score": None, "epoch": None, "params": "", "note": "",
         }

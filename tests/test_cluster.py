@@ -483,7 +483,9 @@ def test_the_search_survives_losing_a_node(cluster, tmp_path):
     node = cluster.second_node()
     storage, uri, log = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "driver.log"
     experiment, max_epochs, samples = storage / "lost", 4, 4
-    args = tune_args("lost", storage, uri, cluster.address, "--param", "steps_per_epoch=150",
+    # epochs of seconds: workers are reused, and a warm worker on the head would otherwise run
+    # every short trial before the second node's worker is up (then no trial is lost with it)
+    args = tune_args("lost", storage, uri, cluster.address, "--param", "steps_per_epoch=3000",
                      "--max-epochs", str(max_epochs), "--num-samples", str(samples // 2))  # per method: ew, cagrad
     driver = cluster.driver(args, log)
 

@@ -9,7 +9,7 @@ What it builds, following the protocol of `002` §3 ("train each configuration o
 the best validation result, retrain it with more seeds, report test metrics"):
 
 - Configurations: the runs of one method (``single_task`` split per trained task) with the
-  same params up to the seed (``seed``, ``run_index``) and device settings; a run tagged
+  same params up to the seed (``seed``, ``run_index``, ``repeat``) and device settings; a run tagged
   ``searcher.confirm_of=<run id>`` joins the configuration of that run. Per method the best
   configuration is the one with the highest mean ``best/val_score`` over its own search runs
   (confirmation runs do not take part in the choice, so confirming cannot unselect it); its
@@ -51,7 +51,7 @@ from trainables.errors import ConfigError
 #: Statuses of runs whose metrics count (ASHA's stopped runs are finished runs of a smaller budget).
 FINISHED = ("completed", "stopped_early")
 #: Params that do not change what a configuration is: repeats of it differ only in these.
-SEED_PARAMS = ("seed", "run_index", "device", "batched_grads")
+SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads")
 #: Runs of these roles are not trials (a search's parent run, an earlier report).
 SKIPPED_ROLES = ("search", "report")
 #: Methods that are references rather than SMTOs: no weight trajectories for them.

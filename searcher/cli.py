@@ -28,6 +28,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the space's name)")
 
 
+def _add_launch(p: argparse.ArgumentParser, default_name: str) -> None:
+    """Where and how the runs of ``confirm`` and ``rerun`` train: on Ray, as ``tune``'s trials."""
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--storage", default=None,
+                   help="Ray's experiment storage; default: ray_results/ beside a SQLite mlflow.db, else ~/ray_results")
+    p.add_argument("--name", default=None, help=f"name of the launch in Ray's storage and MLflow (default {default_name})")
+    p.add_argument("--address", default=None, help="address of an existing Ray cluster")
+
+
+def _launch_options(args: argparse.Namespace) -> Any:
+    from searcher.launch import SearchOptions
+
+    return SearchOptions(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="searcher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="new seeds per configuration (default 2)")
     p.add_argument("--data-dir", default=None, help="where the problem's data lives")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--storage", default=None,
-                   help="Ray's experiment storage; default: ray_results/ beside a SQLite mlflow.db, else ~/ray_results")
-    p.add_argument("--name", default=None, help="name of the confirmation run (default confirm-<experiment>-<time>)")
-    p.add_argument("--address", default=None, help="address of an existing Ray cluster")
+    _add_launch(p, "confirm-<experiment>-<time>")
 
     p = sub.add_parser("extract-weights", help="fixed task weights from a run's logged weights (EMA, `002` §3.5)")
     p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run of a method that defines weights")
@@ -103,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=None, help="epochs per run (default: the source run's)")
     p.add_argument("--beta", type=float, default=None, help="EMA factor when extracting now (default 0.9)")
     p.add_argument("--seed", type=int, default=None,
-                   help="base seed; run k's seed is seed + k (default: the source run's seed + 10000)")
+                   help="base seed in place of the source run's: run k trains with seed + 100000*(k+1) + the source's "
+                        "run index, the seed of the source's k-th confirm repeat (default: the source run's seed)")
     p.add_argument("--data-dir", default=None, help="where the problem's data lives (MNIST: <dir>/MNIST/raw)")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the source run's)")
+    _add_launch(p, "rerun-<run id>-<time>")
 
     p = sub.add_parser("report", help="Δm, mean rank, fixed weights and Pareto front of an experiment, logged to MLflow")
     p.add_argument("--experiment", required=True, help="the MLflow experiment to report on (e.g. the space's name)")
@@ -120,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from spaces import SPACES, get_space
     from trainables.problems import build_problem
+    from trainables.search_range import SearchRange
 
     names = [args.show] if args.show else SPACES.names()
     described = []
@@ -133,12 +148,14 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         d = described[0]
         print(f"{d['name']}: {d['description']}")
         print(f"  problem: {d['problem']} {d['problem_options']}  tasks: {', '.join(d['tasks'])}  epochs: {d['max_epochs']}")
-        for k, v in d["common"].items():
-            print(f"  {k}: {v}")
+        # tpe/random/nsga2 draw from the intervals, --search grid trains the grids
+        for k, r in d["ranges"]["common"].items():
+            print(f"  {k}: {SearchRange.of(r).describe()}")
         for k, v in d["constants"].items():
             print(f"  {k} = {v}")
-        for m, ranges in d["methods"].items():
-            print(f"  method {m}: " + (", ".join(f"{p} in {r}" for p, r in ranges.items()) or "(no own parameters)"))
+        for m, ranges in d["ranges"]["methods"].items():
+            print(f"  method {m}: " + ("; ".join(f"{p} {SearchRange.of(r).describe()}" for p, r in ranges.items())
+                                       or "(no searched parameters)"))
     else:
         for d in described:
             print(f"{d['name']:<14} {d['problem']:<12} tasks {','.join(d['tasks']):<8} {d['description']}")
@@ -146,8 +163,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from spaces.method_ranges import METHOD_RANGES
     from trainables.methods import METHODS
+    from trainables.search_range import SearchRange
 
     rows = []
     for name in METHODS.names():
@@ -159,8 +176,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
             "defines_weights": cls.defines_weights,
             "summary": cls.summary,
             "paper": cls.paper,
+            # "searched": the grid of --search grid; "search": the declared range in full
             "hyperparameters": {k: {"default": hp.default, "type": hp.type.__name__, "help": hp.help,
-                                    "searched": list(METHOD_RANGES.get(name, {}).get(k, []))}
+                                    "searched": list(hp.search.grid) if hp.search else [],
+                                    "search": hp.search.to_json() if hp.search else None}
                                 for k, hp in cls.hyperparameters.items()},
         })
     if args.json:
@@ -171,7 +190,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{r['name']:<12} {r['kind']:<8} {weights:<10} {r['summary']}")
         print(f"{'':<12} needs: {r['needs']}")
         for k, hp in r["hyperparameters"].items():
-            searched = f", searched {hp['searched']}" if hp["searched"] else ""
+            searched = f", searched {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
             print(f"{'':<12} {k} ({hp['type']}, default {hp['default']!r}{searched}): {hp['help']}")
     return 0
 
@@ -187,8 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"searcher: training {args.method} on {session.space.name} ({session.problem.name}, "
           f"data: {data_source(session)}); MLflow: {uri}, experiment {experiment}")
     run_id, last = train_once(session, uri, experiment, args.seed)
-    print(f"run {run_id}: best validation score {last.get('best/val_score', float('nan')):.3f} "
-          f"at epoch {int(last.get('best/epoch', 0))}")
+    print(f"run {run_id}: {_best(last)}")
     for key, value in last.items():
         if key.startswith("best/test/"):
             print(f"  test {key[len('best/test/'):]}: {value:.4f}")
@@ -254,7 +272,6 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
     from searcher import tracking
     from searcher.confirm import plan_confirm, run_confirm
-    from searcher.search import SearchOptions
 
     uri = tracking.tracking_uri(args.tracking_uri)
     plan = plan_confirm(uri, args.experiment, args.top, args.repeats, args.data_dir)
@@ -263,9 +280,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
           f"{plan.session.settings.max_epochs} epochs); MLflow: {uri}")
     for _, row in plan.sources.iterrows():
         print(f"  {row['method_key']:<20} run {row['run_id'][:8]}  best validation score {row['metrics.best/val_score']:.3f}")
-    options = SearchOptions(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                            max_concurrent=args.max_concurrent, storage=args.storage, name=args.name, address=args.address)
-    table = run_confirm(plan, uri, options)
+    table = run_confirm(plan, uri, _launch_options(args))
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print("\nTest metrics at the best validation epoch, mean and std over the new seeds:")
         print(table.to_string(index=False) if not table.empty else "  no run reported a result")
@@ -305,15 +320,26 @@ def cmd_rerun(args: argparse.Namespace) -> int:
           + ", ".join(f"{t}={w:.4g}" for t, w in zip(tasks, plan.weights))
           + f" ({origin}) with the hyperparameters of {plan.method} run {args.run_id}; "
           f"{plan.session.settings.max_epochs} epochs; MLflow: {uri}, experiment {plan.experiment}")
-    runs = run_reruns(plan, uri, args.repeats)
+    runs = run_reruns(plan, uri, args.repeats, _launch_options(args))
     source = plan.source.data.metrics.get("best/val_score")
     print(f"\nsource {plan.method} run {args.run_id}: best validation score "
           + ("-" if source is None else f"{source:.3f}"))
-    for run_id, last in runs:
-        tests = ", ".join(f"{k[len('best/test/'):]} {v:.4f}" for k, v in last.items() if k.startswith("best/test/"))
-        print(f"rerun {run_id}: best validation score {last.get('best/val_score', float('nan')):.3f} "
-              f"at epoch {int(last.get('best/epoch', 0))}" + (f"; test {tests}" if tests else ""))
-    return 1 if any(last.get("diverged") for _, last in runs) else 0
+    for k, (run_id, last) in enumerate(runs):
+        tests = ", ".join(f"{m[len('best/test/'):]} {v:.4f}" for m, v in last.items() if m.startswith("best/test/"))
+        print(f"rerun {k + 1}/{len(runs)} (run {run_id or '-'}, seed {last.get('config', {}).get('seed', '?')}): "
+              + (f"failed: {last['error']}" if last.get("error") else _best(last) + (f"; test {tests}" if tests else "")))
+    return 1 if any(last.get("diverged") or last.get("error") for _, last in runs) else 0
+
+
+def _best(last: dict[str, Any]) -> str:
+    """A run's outcome in words: its best validation score and epoch, or that it diverged."""
+    from trainables.trial import DIVERGED_SCORE
+
+    score = last.get("best/val_score", float("nan"))
+    if last.get("diverged") and (score is None or score <= DIVERGED_SCORE):
+        return f"diverged before any valid epoch ({last.get('diverged_reason', 'NaN loss')})"
+    text = f"best validation score {score:.3f} at epoch {int(last.get('best/epoch', 0))}"
+    return text + (f" (then diverged: {last.get('diverged_reason')})" if last.get("diverged") else "")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -8,32 +8,28 @@ experiment: per method (per trained task for ``single_task``) the ``--top`` runs
 of configurations (so a cluster trains them in parallel), one MLflow run each, tagged
 ``searcher.confirm_of=<source run id>`` so that reports average a configuration over its seeds.
 
-Seeds: repeat r (r = 0..K-1) of a source run keeps its run index and has base seed
-``source seed + CONFIRM_SEED_OFFSET * (r + 1)``, so its seed (``seed + run index``) is new,
-differs between repeats, and is the same on every call (a confirm can be repeated exactly).
+Seeds (``trainables.config.repeat_seed``, the scheme ``rerun`` shares): repeat r (r = 0..K-1)
+of a source run keeps its run index and has base seed ``source seed + 100000 * (r + 1)``, so its
+seed (``seed + run index``) is new, differs between repeats, is the same on every call (a
+confirm can be repeated exactly), and equals the seed of the r-th fixed-weight rerun of that run.
 """
 
 from __future__ import annotations
 
-import functools
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 import pandas as pd
 
-from searcher import tracking
-from searcher.samplers import grid_sampler
-from searcher.search import SearchOptions, quiet_ray_env, start_ray, storage_path
-from searcher.session import Session, data_source, open_session, session_tags
-from trainables.config import COMMON
+from searcher.launch import Launch, SearchOptions, default_name, launch, log_table, planned
+from searcher.search import trial_frame
+from searcher.session import Session, data_source, open_session
+from trainables.config import COMMON, REPEAT_SEED_OFFSET, repeat_seed
 from trainables.errors import ConfigError
-from spaces import suggest_grid_point
-from trainables.tune_trainable import SEARCH_METRIC, train_trial
 
 #: Base-seed offset of confirmation repeats (trial run indices stay below it).
-CONFIRM_SEED_OFFSET = 100_000
+CONFIRM_SEED_OFFSET = REPEAT_SEED_OFFSET
 #: Runs eligible as a method's best configuration.
 FINISHED = ("completed", "stopped_early")
 #: Roles of runs that are not trainings of a searched configuration.
@@ -122,67 +118,26 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
         for r in range(repeats):
             configs.append({
                 **base,
-                "seed": seed + CONFIRM_SEED_OFFSET * (r + 1),
+                "seed": repeat_seed(seed, r),
                 "confirm_of": row["run_id"],
-                "confirm_repeat": r,
+                "repeat": r,
             })
     return ConfirmPlan(session, experiment, best, configs)
 
 
 def run_confirm(plan: ConfirmPlan, uri: str, options: SearchOptions) -> pd.DataFrame:
-    """Train every repeat through Ray Tune (FIFO, every configuration to the end); return a
+    """Train every repeat through the launcher (FIFO, every configuration to the end); return a
     table of the source runs and their repeats' mean and std of each test metric."""
-    quiet_ray_env(options.address)
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    experiment_id = tracking.init_store(uri, plan.experiment)
-    start_ray(options.address)
-    session = plan.session
-    max_epochs = session.settings.max_epochs
-    name = options.name or f"confirm-{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    shared = {**session_tags(session, "confirm"), "searcher.search": name}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, settings=session.settings),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+    search_alg, budgets = planned(plan.configs)
+    launched = launch(
+        plan.session,
+        Launch("confirm", options.name or default_name(f"confirm-{plan.experiment}"), search_alg, len(plan.configs),
+               budgets, params={"sources": len(plan.sources), "repeats": len(plan.configs) // max(len(plan.sources), 1),
+                                "max_epochs": plan.session.settings.max_epochs}),
+        options, uri, plan.experiment,
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**shared, "searcher.role": "search"}) as parent:
-        mlflow.log_params({"sources": len(plan.sources), "repeats": len(plan.configs) // max(len(plan.sources), 1),
-                           "max_epochs": max_epochs})
-        logger = tracking.TrialLogger(
-            uri, plan.experiment,
-            tags={**shared, "mlflow.parentRunId": parent.info.run_id},
-            params={"space": session.space.name, "max_epochs": max_epochs, "data_source": data_source(session)},
-            max_epochs=max_epochs,
-        )
-        # A fixed list of configurations: the grid machinery of `--search grid` (every point once).
-        points = functools.partial(suggest_grid_point, space=session.space, points=plan.configs, fixed={})
-        search_alg = OptunaSearch(space=points, metric=SEARCH_METRIC, mode="max", sampler=grid_sampler(len(plan.configs), 0))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=SEARCH_METRIC,
-                mode="max",
-                search_alg=search_alg,
-                num_samples=len(plan.configs),
-                max_concurrent_trials=options.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage_path(options, uri),
-                callbacks=[logger],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=1),
-                verbose=1,
-            ),
-        )
-        results = tuner.fit()
-        table = summarize(results.get_dataframe(), plan.sources)
-        if not table.empty:
-            mlflow.log_table(table, "confirm.json")
-            mlflow.log_text(table.to_string(index=False), "confirm.txt")
-        mlflow.log_metric("trials", len(results))
-        mlflow.log_metric("errors", len(results.errors))
+    table = summarize(trial_frame(launched.results), plan.sources)
+    log_table(uri, launched.parent_run_id, table, "confirm")
     return table
 
 

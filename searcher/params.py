@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from trainables.config import COMMON
+from trainables.config import COMMON, option_value
 from trainables.errors import ConfigError
-from trainables.methods import METHODS, Hyperparameter
+from trainables.methods import METHODS
 
 
 def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
@@ -58,11 +58,8 @@ def to_config(
 
 
 def parse_option(key: str, raw: Any, default: Any) -> Any:
-    """A problem option read as the type of its default (bool, int, float); text stays text
-    (the problem checks its own choices, e.g. a data source, when it prepares the data)."""
-    if default is None or isinstance(default, str) or not isinstance(default, (bool, int, float)):
-        return raw
-    return Hyperparameter(default, type(default), f"an option of the problem, default {default!r}").parse("", key, raw)
+    """A problem option read as the type of its default (``trainables.config.option_value``)."""
+    return option_value(key, raw, default)
 
 
 def _unknown(key: str, methods: Sequence[str], allowed: set[str]) -> str:

@@ -4,12 +4,14 @@
 configuration from the respective SMTO [...] The model is trained the same amount of times as
 their SMTO counterpart." So a rerun takes the source run's common hyperparameters and problem
 options, swaps its method for ``fixed`` with the extracted weights, and trains K times through
-the single-run path (``train_once``), one MLflow run each.
+the launcher (``searcher.launch``, as ``tune`` and ``confirm``), one MLflow run each.
 
-Seeds: rerun k (k = 0..K-1) has run index k and base seed ``source seed + RERUN_SEED_OFFSET``
-(or ``--seed``), so its seed is ``source seed + 10000 + k``: never the source's own seed
-(``seed + run index``, the index below 10000) nor that of any other trial of its search,
-and the same on every call, so a rerun can be repeated exactly.
+Seeds (``trainables.config.repeat_seed``, the scheme ``confirm`` shares): rerun k (k = 0..K-1)
+keeps the source's run index and has base seed ``source seed + 100000 * (k + 1)`` (``--seed``
+replaces the source seed), so its seed is never that of any trial of the search, is the same
+on every call (a rerun can be repeated exactly), and equals the seed of the source's k-th
+confirmation repeat: the fixed weights and the method they came from are compared on the same
+initializations and data orders.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from mlflow.tracking import MlflowClient
 
 from analysis.extract import extract_from_run, get_run, open_client, read_weights_file, run_method, run_space
 from analysis.weights import DEFAULT_BETA
-from searcher.session import Session, data_source, open_session
+from searcher.launch import Launch, SearchOptions, default_name, launch, planned
+from searcher.session import Session, data_source, open_session, run_config
+from trainables.config import repeat_seed
 from trainables.errors import ConfigError
 from trainables.problems.base import Problem
 
-#: Reruns' base seed is the source's plus this (see the module docstring).
-RERUN_SEED_OFFSET = 10_000
 #: Common hyperparameters taken from the source run (the method's own are replaced by ``fixed``).
 CARRIED_COMMON = ("lr", "dropout", "optimizer", "weight_decay", "momentum", "batch_size", "lr_decay")
 #: Where the weights a rerun used go among its artifacts.
@@ -45,6 +47,7 @@ class Rerun:
     weights: list[float]
     weights_record: dict[str, Any]
     session: Session
+    #: The base seed whose repeats the reruns train with (the source's, or ``--seed``).
     seed: int
 
 
@@ -95,7 +98,7 @@ def plan_rerun(
     if source_data and source_data != data_source(session):
         raise ConfigError(f"run {run_id} trained on {source_data} data, this rerun would use {data_source(session)}")
     if seed is None:
-        seed = int(run.data.params.get("seed", 0)) + RERUN_SEED_OFFSET
+        seed = int(float(run.data.params.get("seed", 0) or 0))
     experiment = experiment or _experiment_name(client, run)
     return Rerun(run, run_method(run), experiment, weights, record, session, seed)
 
@@ -113,19 +116,38 @@ def rerun_tags(plan: Rerun) -> dict[str, str]:
     return tags
 
 
-def run_reruns(plan: Rerun, uri: str, repeats: int) -> list[tuple[str, dict[str, Any]]]:
-    """Train ``repeats`` runs (run index 0..K-1); log the weights used as an artifact of each."""
-    from searcher.train import train_once
-
+def rerun_configs(plan: Rerun, repeats: int) -> list[dict[str, Any]]:
+    """The K planned configurations: ``fixed`` with the source's hyperparameters, run index and
+    repeat seeds (repeat k: ``repeat_seed(seed, k)``)."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
-    client = MlflowClient(uri)
+    index = int(float(plan.source.data.params.get("run_index", 0) or 0))
+    return [{**run_config(plan.session, "fixed", repeat_seed(plan.seed, k)), "run_index": index, "repeat": k}
+            for k in range(repeats)]
+
+
+def run_reruns(
+    plan: Rerun, uri: str, repeats: int, options: SearchOptions | None = None
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """Train ``repeats`` runs through the launcher, each with the weights used as an artifact;
+    return (MLflow run id, last reported metrics) per repeat, in repeat order."""
+    options = options or SearchOptions()
+    configs = rerun_configs(plan, repeats)
+    search_alg, budgets = planned(configs)
+    launched = launch(
+        plan.session,
+        Launch("rerun", options.name or default_name(f"rerun-{plan.source.info.run_id[:8]}"), search_alg, len(configs),
+               budgets, params={"source_run": plan.source.info.run_id, "repeats": repeats,
+                                "max_epochs": plan.session.settings.max_epochs},
+               run_tags=rerun_tags(plan), run_artifacts={WEIGHTS_ARTIFACT: plan.weights_record}),
+        options, uri, plan.experiment,
+    )
     done = []
-    for k in range(repeats):
-        print(f"searcher: rerun {k + 1}/{repeats} (seed {plan.seed} + run index {k})", flush=True)
-        run_id, last = train_once(plan.session, uri, plan.experiment, plan.seed, run_index=k, tags=rerun_tags(plan))
-        client.log_dict(run_id, plan.weights_record, WEIGHTS_ARTIFACT)
-        done.append((run_id, last))
+    for result in sorted(launched.results, key=lambda r: int((r.config or {}).get("repeat", 0))):
+        metrics = dict(result.metrics or {})
+        if result.error:
+            metrics["error"] = (str(result.error).strip().splitlines() or [type(result.error).__name__])[-1][:300]
+        done.append((launched.run_ids.get(str(metrics.get("trial_id"))), metrics))
     return done
 
 

@@ -1,4 +1,4 @@
-"""``searcher tune``: Ray Tune + OptunaSearch (define-by-run) + ASHA, one MLflow run per trial.
+"""``searcher tune``: per-arm Optuna searches and per-arm ASHA, launched as one Ray Tune run.
 
 The sampler is TPE (default), random, grid (every point once) or NSGA-II (multi-objective);
 ``--name`` names the search in Ray's storage and ``--resume`` continues an interrupted one.
@@ -7,97 +7,23 @@ The sampler is TPE (default), random, grid (every point once) or NSGA-II (multi-
 from __future__ import annotations
 
 import functools
-import os
-import socket
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import mlflow
 import pandas as pd
 
-from searcher import tracking
-from searcher.progress import ProgressLine
 from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
+from searcher.launch import (  # noqa: F401  (SearchOptions, storage_path ...: the launch's schema, re-exported)
+    Launch, SearchOptions, default_name, experiment_path, launch, log_table, quiet_ray_env, start_ray, storage_path,
+)
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
-from searcher.session import Session, data_source, session_tags
+from searcher.session import Session
 from spaces import grid_points, suggest, suggest_grid_point
 from trainables.errors import ConfigError
-from trainables.tune_trainable import DIVERGED_SCORE, SEARCH_METRIC, train_trial
-
-
-@dataclass
-class SearchOptions:
-    num_samples: int | None = None  # default 12; with search grid, every point of the grid
-    scheduler: str = "asha"
-    seed: int = 0
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    storage: str | None = None
-    name: str | None = None
-    address: str | None = None
-    grace_period: int | None = None
-    reduction_factor: int = 3
-    search: str = "tpe"
-    resume: bool = False
-    #: Let ASHA stop single-task references too (by default they run every epoch: Δm divides by them).
-    prune_references: bool = False
-    #: Ray's own per-trial output (else one progress line per finished trial).
-    verbose: bool = False
-    #: Keep a trial's worker (its Python, torch, data) for the next trial (Ray's ``reuse_actors``).
-    reuse_actors: bool = True
-
-    def __post_init__(self) -> None:
-        if self.reduction_factor < 2:
-            raise ConfigError(f"--reduction-factor must be at least 2, got {self.reduction_factor}")
-        if self.grace_period is not None and self.grace_period < 1:
-            raise ConfigError(f"--grace-period must be at least 1, got {self.grace_period}")
-
+from trainables.tune_trainable import DIVERGED_SCORE, SEARCH_METRIC
 
 SEARCHES = ("tpe", "random", "grid", "nsga2")
-
-
-def quiet_ray_env(address: str | None = None) -> None:
-    """Environment defaults for Ray (set only where the user has not). Token auth is turned off
-    only for the local Ray searcher starts itself; joining a cluster leaves RAY_AUTH_MODE to Ray."""
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    # Trials checkpoint every epoch with CheckpointConfig(num_to_keep=1), which makes Tune force
-    # an experiment-state snapshot per checkpoint (so a resume never points at a deleted one);
-    # with epochs of a second or two that prints a multi-line warning every few seconds.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def start_ray(address: str | None) -> None:
-    """``ray.init``: a local Ray, or the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://``).
-
-    A wrong address is a one-line error, quickly: Ray itself retries an address nobody listens
-    at for minutes, printing a warning every few seconds, so a ``HOST:PORT`` is first checked
-    with a plain TCP connection (5 s), and Ray's ``ConnectionError`` (``auto`` with no cluster
-    on this node) becomes a ``ConfigError``.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address and address != "auto" and "://" not in address:
-        host, _, port = address.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-        except OSError as err:
-            raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}); start one there with "
-                              "`ray start --head`, or check --address") from None
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except ConnectionError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot connect to a Ray cluster at {address}: {reason}") from None
 
 
 def make_scheduler(
@@ -216,139 +142,41 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
     return SearchPlan(search_alg, metric, mode, sum(budgets.values()), budgets, grid_sizes or None)
 
 
-def default_name(space: str) -> str:
-    """A fresh search name when the user gives none (so a second search never collides)."""
-    return f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def storage_path(options: SearchOptions, tracking_uri: str) -> str:
-    """Where Ray keeps its searches' state: ``--storage``, else ``ray_results/`` beside a SQLite
-    ``mlflow.db``, else Ray's own default ``~/ray_results``.
-
-    Beside the database, a project's searches (their checkpoints, and the state ``--resume``
-    needs) live in the folder its runs live in: moving or deleting the folder moves or deletes
-    both, and a second project's folder never mixes its searches with the first's. With a
-    tracking server (a cluster) there is no such folder: give a shared ``--storage`` there.
-    """
-    storage = options.storage
-    if storage and "://" in storage:
-        return storage.rstrip("/")
-    if storage:
-        return os.path.abspath(os.path.expanduser(storage))
-    db = tracking.sqlite_path(tracking_uri)
-    if db is not None:
-        return os.path.join(os.path.dirname(os.path.abspath(db)), "ray_results")
-    return os.path.abspath(os.path.expanduser("~/ray_results"))
-
-
-def experiment_path(options: SearchOptions, name: str, tracking_uri: str) -> str:
-    """The folder (or bucket prefix) of the search ``name`` in Ray's storage."""
-    return storage_path(options, tracking_uri) + "/" + name
-
-
-def find_search_run(experiment_id: str, name: str) -> str | None:
-    """The MLflow parent run of the search named ``name`` (for ``--resume``)."""
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`searcher.search` = '{name}' and tags.`searcher.role` = 'search'",
-        order_by=["start_time DESC"],
-        max_results=1,
-    )
-    return None if runs.empty else str(runs.run_id.iloc[0])
-
-
 def run_search(
     session: Session, options: SearchOptions, tracking_uri: str, experiment: str, plan: SearchPlan | None = None
 ) -> pd.DataFrame:
     """Run (or, with ``options.resume``, continue) the search (``plan``: as ``plan_search`` makes
-    it from ``options``); return the best trial per arm (``best_per_method``)."""
-    quiet_ray_env(options.address)
-    from ray import tune
-
-    name = options.name or default_name(session.space.name)
-    path = experiment_path(options, name, tracking_uri)
-    if options.resume and not tune.Tuner.can_restore(path):
-        raise ConfigError(f"no search named {name!r} to resume at {path} (give the --name and --storage it ran with)")
-    if not options.resume and tune.Tuner.can_restore(path):
-        raise ConfigError(f"a search named {name!r} already exists at {path}: add --resume to continue it, or pick another --name")
+    it from ``options``) through the launcher; return the best trial per arm (``best_per_method``)."""
     plan = plan or plan_search(session, options, options.num_samples)
-    experiment_id = tracking.init_store(tracking_uri, experiment)
-    start_ray(options.address)
-
     max_epochs = session.settings.max_epochs
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, settings=session.settings),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+    multi = isinstance(plan.metric, list)
+    params = {
+        "methods": ",".join(session.methods),
+        # trials per arm (each method, and single_task per task)
+        "num_samples": options.num_samples or ("grid" if options.search == "grid" else DEFAULT_SAMPLES),
+        "arms": ",".join(plan.budgets),
+        "trials_planned": plan.num_samples,
+        "prune_references": options.prune_references,
+        "search": options.search,
+        "scheduler": options.scheduler,
+        "max_epochs": max_epochs,
+        "seed": options.seed,
+        **({"grid_size": plan.grid_size} if plan.grid_size else {}),
+        **({"objectives": ",".join(plan.metric)} if multi else {}),
+        **{f"fixed.{k}": v for k, v in session.fixed.items()},
+    }
+    scheduler = make_scheduler(
+        options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None, options.reduction_factor,
+        unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
     )
-    shared = {**session_tags(session, "tune"), "searcher.search": name}
-    parent_id = find_search_run(experiment_id, name) if options.resume else None
-    if options.resume and parent_id is None:
-        raise ConfigError(f"search {name!r} has Ray state at {path} but no MLflow run in experiment {experiment!r}")
-    start = {"run_id": parent_id} if parent_id else {"experiment_id": experiment_id, "run_name": name, "tags": {**shared, "searcher.role": "search"}}
-    with mlflow.start_run(**start) as parent:
-        if parent_id is None:
-            mlflow.log_params(
-                {
-                    "methods": ",".join(session.methods),
-                    # trials per arm (each method, and single_task per task)
-                    "num_samples": options.num_samples or ("grid" if options.search == "grid" else DEFAULT_SAMPLES),
-                    "arms": ",".join(plan.budgets),
-                    "trials_planned": plan.num_samples,
-                    "prune_references": options.prune_references,
-                    "search": options.search,
-                    "scheduler": options.scheduler,
-                    "max_epochs": max_epochs,
-                    "seed": options.seed,
-                    **({"grid_size": plan.grid_size} if plan.grid_size else {}),
-                    **({"objectives": ",".join(plan.metric)} if isinstance(plan.metric, list) else {}),
-                    **{f"fixed.{k}": v for k, v in session.fixed.items()},
-                }
-            )
-        if options.resume:
-            # The run config (with its MLflow callback) is restored from Ray's state; the
-            # callback re-attaches resumed trials to their MLflow runs by trial id.
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            multi = isinstance(plan.metric, list)
-            logger = tracking.TrialLogger(
-                tracking_uri,
-                experiment,
-                tags={**shared, "mlflow.parentRunId": parent.info.run_id},
-                params={"space": session.space.name, "max_epochs": max_epochs, "data_source": data_source(session), "seed": options.seed},
-                max_epochs=max_epochs,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric=None if multi else plan.metric,
-                    mode=None if multi else plan.mode,
-                    search_alg=plan.search_alg,
-                    scheduler=make_scheduler(
-                        options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None,
-                        options.reduction_factor,
-                        unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
-                    ),
-                    num_samples=plan.num_samples,
-                    max_concurrent_trials=options.max_concurrent,
-                    # a worker (its Python, torch and data) serves trial after trial: a new
-                    # worker per trial cost ~12 s before the first epoch on Multi-MNIST
-                    reuse_actors=options.reuse_actors,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage_path(options, tracking_uri),
-                    callbacks=[logger, ProgressLine(plan.budgets, max_epochs)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=1),
-                    verbose=1 if options.verbose else 0,
-                ),
-            )
-        results = tuner.fit()
-        table = best_per_method(trial_frame(results), list(plan.budgets))
-        mlflow.log_table(table, "best_per_method.json")
-        mlflow.log_text(table.to_string(index=False), "best_per_method.txt")
-        mlflow.log_metric("trials", len(results))
-        mlflow.log_metric("errors", len(results.errors))
+    launched = launch(
+        session,
+        Launch("tune", options.name or default_name(session.space.name), plan.search_alg, plan.num_samples,
+               plan.budgets, plan.metric, plan.mode, scheduler, params),
+        options, tracking_uri, experiment,
+    )
+    table = best_per_method(trial_frame(launched.results), list(plan.budgets))
+    log_table(tracking_uri, launched.parent_run_id, table, "best_per_method")
     return table
 
 
@@ -407,7 +235,7 @@ def best_per_method(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.D
         out["val_score"] = round(float(row[SEARCH_METRIC]), 3)
         out["epoch"] = int(row.get("best/epoch", 0))
         out["params"] = " ".join(
-            f"{c[len('config/'):]}={row[c]}" for c in df.columns
+            f"{c[len('config/'):]}={_short(row[c])}" for c in df.columns
             if c.startswith("config/") and pd.notna(row[c])
             and (c[len("config/"):] in ("lr", "dropout", "optimizer") or c.startswith(f"config/{method_key}."))
             and c != f"config/{TASK_KEY}"
@@ -426,6 +254,11 @@ def best_per_method(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.D
     methods = table[table["role"] == "method"].sort_values("_rank", ascending=False, kind="stable")
     references = table[table["role"] == "reference"]
     return pd.concat([methods, references]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _short(value: Any) -> str:
+    """A searched value for the end table: a float drawn from a continuous range to 4 digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _why_none(trials: pd.DataFrame, partial: bool = False) -> str:

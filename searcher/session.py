@@ -54,12 +54,17 @@ def open_session(
 
 def check_config(problem: Problem, space: SearchSpace, method: str, fixed: Mapping[str, Any]) -> None:
     """Resolve one method's configuration as a trial would, on the driver, so that a value no
-    trial could run with (``lr=-1``, ``optimizer=foo``, ``cagrad.c=-2``, ``grad_chunk=-1``) is a
-    ``ConfigError`` before Ray starts. Searched values take the first point of their range;
-    a ``fixed`` whose weights are searched gets equal weights (any point of the simplex)."""
+    trial could run with (``lr=-1``, ``optimizer=foo``, ``cagrad.c=-2``, ``grad_chunk=-1``, a
+    range reaching below a bound) is a ``ConfigError`` before Ray starts. Every grid point and
+    both ends of every searched range are checked (``spaces.base.check_ranges``); the method is
+    then built with one point of each range; a ``fixed`` whose weights are searched gets equal
+    weights (any point of the simplex)."""
+    from spaces.base import check_ranges
+
     tasks = problem.task_names
-    searched: dict[str, Any] = {k: list(v)[0] for k, v in space.common.items() if len(v)}
-    searched.update({f"{method}.{k}": list(v)[0] for k, v in space.method_ranges(method, tasks).items() if len(v)})
+    check_ranges(space, [method], tasks, problem.defaults, skip=list(fixed))
+    searched: dict[str, Any] = {k: r.first() for k, r in space.common.items()}
+    searched.update({f"{method}.{k}": r.first() for k, r in space.method_ranges(method, tasks).items()})
     if method == "fixed" and "fixed.weights" not in fixed:
         searched["fixed.weights"] = ",".join(["1"] * len(tasks))
     config = resolve({**searched, **space.constants, **fixed, "method": method}, problem.defaults)

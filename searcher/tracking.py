@@ -2,8 +2,8 @@
 
 In a search, only the Ray driver writes to MLflow (``TrialLogger``, a subclass of Ray's
 ``MLflowLoggerCallback``), so concurrent trials never race on the SQLite database. A single
-``searcher train`` writes its own run directly. Both log the same params, tags and
-per-epoch metrics (step = epoch).
+``searcher train`` writes its own run directly. Both log the same params (the resolved, typed
+config: ``trainables.config.run_params``), tags and per-epoch metrics (step = epoch).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from trainables.config import run_params
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 METRIC_PREFIXES = ("train/", "val/", "weight/", "best/", "time/", "method/")
@@ -93,8 +95,9 @@ def run_name(config: Mapping[str, Any]) -> str:
     if config.get("single_task.task"):
         name += f"[{config['single_task.task']}]"
     name = f"{name}-{int(config.get('run_index', 0)):04d}"
-    if config.get("confirm_of"):
-        name += f"-seed{int(config.get('confirm_repeat', 0)) + 1}"
+    if config.get("repeat") is not None:
+        # `confirm` / `rerun`: repeat k of a configuration (a new seed, `trainables.config.repeat_seed`)
+        name += f"-seed{int(config['repeat']) + 1}"
     return name
 
 
@@ -112,9 +115,22 @@ def status_of(last: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
 class TrialLogger(MLflowLoggerCallback):
     """Ray's MLflow callback with our run names, tags, params and metric filter."""
 
-    def __init__(self, uri: str, experiment: str, tags: Mapping[str, str], params: Mapping[str, Any], max_epochs: int) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+        max_epochs: int,
+        options: Mapping[str, Any] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``params``: logged with every trial's resolved config (``run_params`` over the
+        problem's ``options``); ``artifacts``: JSON files logged to every trial's run."""
         super().__init__(tracking_uri=uri, experiment_name=experiment, tags=dict(tags))
         self.extra_params = dict(params)
+        self.options = dict(options or {})
+        self.artifacts = dict(artifacts or {})
         self.max_epochs = max_epochs
         self._last: dict[Any, dict[str, Any]] = {}
 
@@ -138,7 +154,10 @@ class TrialLogger(MLflowLoggerCallback):
         tags = run_tags(trial.config, {**self.tags, f"{TAG_PREFIX}trial_id": trial.trial_id, f"{TAG_PREFIX}status": "running"})
         run = self.mlflow_util.start_run(tags=tags, run_name=run_name(trial.config))
         self._trial_runs[trial] = run.info.run_id
-        self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log={**self.extra_params, **trial.config})
+        run_id = self._trial_runs[trial]
+        self.mlflow_util.log_params(run_id=run_id, params_to_log={**self.extra_params, **run_params(trial.config, self.options)})
+        for name, value in self.artifacts.items():
+            MlflowClient(self.tracking_uri).log_dict(run_id, value, name)
 
     def _existing_run(self, trial_id: str) -> str | None:
         """The run already logged for this trial of this search, if any."""

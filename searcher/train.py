@@ -1,16 +1,25 @@
-"""``searcher train``: one training without Ray, logged to MLflow (the debugging path)."""
+"""``searcher train``: one training without Ray, logged to MLflow (the debugging path).
+
+It runs the trial core every Ray trial runs (``trainables.trial.run_trial``) and logs the same
+params (the resolved config), tags and metrics as a search's trial logger, so a ``train`` run
+and a ``tune`` trial of the same configuration read alike.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Mapping
 
 import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from searcher import tracking
 from searcher.session import Session, data_source, run_config, session_tags
-from trainables.errors import DivergedError
+from trainables.config import run_params
 from trainables.trainer import Trainer
+from trainables.trial import run_trial
 
 
 def train_once(
@@ -30,36 +39,32 @@ def train_once(
     config = run_config(session, method, seed)
     if run_index is not None:
         config["run_index"] = run_index
+    # built before the run is created: a value no run can train with (``fixed`` without
+    # weights, missing data) is a one-line error and leaves no run behind
     trainer = Trainer(session.problem, config, session.settings.data)
+    params = {**run_params(config, session.problem.defaults), "space": session.space.name,
+              "data_source": data_source(session), "max_epochs": session.settings.max_epochs}
     # the experiment id is passed explicitly: `mlflow.set_experiment` would also export
     # MLFLOW_EXPERIMENT_ID, which later searches in this process would silently log to
     experiment_id = tracking.init_store(tracking_uri, experiment)
-    tags = tracking.run_tags(
-        config,
-        {
-            **session_tags(session, "train"),
-            **(tags or {}),
-        },
-    )
-    last: dict[str, Any] = {}
+    tags = tracking.run_tags(config, {**session_tags(session, "train"), **(tags or {})})
+    client = MlflowClient(tracking_uri)
+    tasks = session.problem.task_names
+
+    def report(metrics: dict[str, Any], _trainer: Any) -> None:
+        now = int(time.time() * 1000)
+        step = int(metrics["epoch"])
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, step) for k, v in tracking.epoch_metrics(metrics).items()])
+        if metrics.get("diverged"):
+            client.set_tag(run.info.run_id, "searcher.diverged_reason", str(metrics.get("diverged_reason", "")))
+            print(f"DIVERGED: {metrics.get('diverged_reason')}", file=sys.stderr)
+        else:
+            print(_line(metrics, tasks), flush=True)
+
     with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name(config), tags=tags) as run:
-        params = {k: v for k, v in trainer.config.items()}
-        params.update({f"{method}.{k}": v for k, v in trainer.method.params.items()})
-        params.update({"data_source": data_source(session), "max_epochs": session.settings.max_epochs})
         mlflow.log_params(params)
-        try:
-            for metrics in trainer.fit(session.settings.max_epochs):
-                last = metrics
-                mlflow.log_metrics(tracking.epoch_metrics(metrics), step=int(metrics["epoch"]))
-                print(_line(metrics, trainer.tasks), flush=True)
-            status = "completed"
-        except DivergedError as err:
-            last = {**trainer.best, "diverged": 1.0, "epoch": err.epoch}
-            mlflow.log_metric("diverged", 1.0, step=err.epoch)
-            mlflow.set_tag("searcher.diverged_reason", str(err))
-            print(f"DIVERGED: {err}", file=sys.stderr)
-            status = "diverged"
-        mlflow.set_tag("searcher.status", status)
+        last = run_trial(config, session.settings, report, trainer=trainer)
+        mlflow.set_tag("searcher.status", tracking.status_of(last, session.settings.max_epochs, failed=False))
     return run.info.run_id, last
 
 

@@ -5,20 +5,25 @@ batch 32; Adam with ExponentialLR(0.95) and 150 epochs as the `002` authors' scr
 (``scripts/cityscapes/*.sh``: ``--batch_size 32 --decay_lr --num_epochs 150 --p 0``). The
 optimizer is a searched choice per `003` (fix ``--param optimizer=adam`` to reproduce `002`).
 Method ranges that differ on Cityscapes (`002` Appendix A.6, Cityscapes table): Auto-Lambda's
-auxiliary lr scale {100 ... 0.0001}; RotoGrad's feature size 512.
+auxiliary lr scale {100 ... 0.0001}; RotoGrad's feature size 512 (its aux_lr_scale is the
+range it declares). tpe/random/nsga2 draw the lr and Auto-Lambda's scale log-uniformly between
+their grids' ends; the weight decay is searched over its grid (see below).
 """
 
 from __future__ import annotations
 
-from spaces.base import OPTIMIZERS, SearchSpace
+from spaces.base import OPTIMIZERS, SearchSpace, log_uniform
 
 CITYSCAPES_LR_GRID = (0.005, 0.001, 0.0005, 0.0001)
 CITYSCAPES_WEIGHT_DECAY_GRID = (1e-4, 1e-5, 0.0)
-_COMMON = {"lr": CITYSCAPES_LR_GRID, "weight_decay": CITYSCAPES_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
+# The weight decay stays categorical: 0 (no decay) is one of the grid's values and has no
+# place on a log scale, and a linear range over [0, 1e-4] would draw 90 % of its values
+# above 1e-5, the grid's other value; so every search picks from the three values.
+_COMMON = {"lr": log_uniform(CITYSCAPES_LR_GRID), "weight_decay": CITYSCAPES_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
 _CONSTANTS = {"batch_size": 32, "lr_decay": 0.95}
 _METHOD_OVERRIDES = {
-    "auto_lambda": {"aux_lr_scale": (100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001)},
-    "rotograd": {"aux_lr_scale": (5.0, 1.0, 0.5, 0.1), "feature_size": (512,)},
+    "auto_lambda": {"aux_lr_scale": log_uniform((100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001))},
+    "rotograd": {"feature_size": (512,)},
 }
 
 

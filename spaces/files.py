@@ -5,12 +5,21 @@ unless it ``extends`` a named space, whose fields it then overrides)::
 
     name: mnist_small
     extends: mnist_cl_rr            # optional: start from a registered space
-    common: {lr: [0.01, 0.001], dropout: [0.0, 0.2], optimizer: [adam]}
+    common:
+      lr: {low: 1.0e-4, high: 1.0e-2, log: true, grid: [0.01, 0.001]}   # continuous, log scale
+      dropout: {low: 0.0, high: 0.3}  # continuous only: --search grid needs --param dropout=...
+      optimizer: [adam]               # a list: exactly these values (categorical)
     method_overrides: {cagrad: {c: [0.2, 0.5]}}
     default_methods: [ew, cagrad]
     max_epochs: 5
 
-A Python file defines ``SPACE = SearchSpace(...)`` (``from spaces.base import SearchSpace``).
+A range is a list (categorical: every search picks from exactly those values) or a mapping
+``{low, high, log, integer, grid}``: tpe, random and nsga2 draw from [low, high] (log-uniform
+with ``log: true``; integers with ``integer: true``), ``--search grid`` trains ``grid``. A
+method's parameters not named here keep the range the method declares (``searcher methods``).
+
+A Python file defines ``SPACE = SearchSpace(...)`` (``from spaces.base import SearchSpace``;
+a range is a tuple, a ``trainables.search_range.SearchRange`` or ``spaces.base.log_uniform(grid)``).
 Either way the package is not edited; runs record the file's path (tag ``searcher.space_file``)
 so that ``rerun``, ``confirm`` and ``report`` find the space again.
 """
@@ -22,7 +31,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Mapping
 
-from spaces.base import SearchSpace
+from spaces.base import SearchSpace, check_ranges
 from trainables.errors import ConfigError
 
 SUFFIXES = (".yaml", ".yml", ".py")
@@ -58,27 +67,27 @@ def _from_yaml(file: Path, registered: Mapping[str, SearchSpace]) -> SearchSpace
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise ConfigError(f"space file {file}: unknown field(s) {', '.join(unknown)} (fields: {', '.join(sorted(FIELDS))}, extends)")
-    if base_name is not None:
-        if base_name not in registered:
-            raise ConfigError(f"space file {file} extends unknown space {base_name!r} (known: {', '.join(sorted(registered))})")
-        return dataclasses.replace(registered[base_name], **_as_tuples(data))
-    missing = [f for f in ("name", "problem") if f not in data]
-    if missing:
-        raise ConfigError(f"space file {file} needs {' and '.join(missing)} (or 'extends: <space>')")
-    data.setdefault("description", f"from {file.name}")
-    return SearchSpace(**_as_tuples(data))
+    try:
+        if base_name is not None:
+            if base_name not in registered:
+                raise ConfigError(f"extends unknown space {base_name!r} (known: {', '.join(sorted(registered))})")
+            return dataclasses.replace(registered[base_name], **_as_tuples(data))
+        missing = [f for f in ("name", "problem") if f not in data]
+        if missing:
+            raise ConfigError(f"needs {' and '.join(missing)} (or 'extends: <space>')")
+        data.setdefault("description", f"from {file.name}")
+        return SearchSpace(**_as_tuples(data))
+    except ConfigError as err:  # a bad field or range: one line that names the file
+        raise ConfigError(f"space file {file}: {err}") from None
 
 
 def _as_tuples(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The YAML's lists as tuples; ranges (lists or mappings) are read by ``SearchSpace``
+    (``SearchRange.of``: a list stays exactly that list of values)."""
     out = dict(data)
     for key in ("common", "method_overrides", "constants", "problem_options"):
         if key in out and not isinstance(out[key], Mapping):
             raise ConfigError(f"space field {key!r} must be a mapping, got {out[key]!r}")
-    if "common" in out:
-        out["common"] = {k: tuple(v) if isinstance(v, list) else v for k, v in out["common"].items()}
-    if "method_overrides" in out:
-        out["method_overrides"] = {m: {k: tuple(v) if isinstance(v, list) else v for k, v in r.items()}
-                                   for m, r in out["method_overrides"].items()}
     if "default_methods" in out:
         out["default_methods"] = tuple(out["default_methods"])
     return out
@@ -100,24 +109,18 @@ def _from_python(file: Path) -> SearchSpace:
 
 
 def _check(space: SearchSpace, file: Path) -> None:
-    from trainables.config import COMMON
     from trainables.methods import METHODS
     from trainables.problems import PROBLEMS, build_problem
 
     if space.problem not in PROBLEMS:
         raise ConfigError(f"space file {file}: unknown problem {space.problem!r} (known: {', '.join(PROBLEMS.names())})")
     problem = build_problem(space.problem, space.problem_options)
-    allowed = set(COMMON) | set(problem.defaults)
-    for key, grid in space.common.items():
-        if key not in allowed:
-            raise ConfigError(f"space file {file}: {key!r} is not a hyperparameter (known: {', '.join(sorted(allowed))})")
-        if isinstance(grid, (str, bytes)) or not hasattr(grid, "__len__") or len(grid) == 0:
-            raise ConfigError(f"space file {file}: the grid of {key!r} must be a non-empty list, got {grid!r}")
-    for method in (*space.default_methods, *space.method_overrides):
-        cls = METHODS.get(method)
-        for param in space.method_overrides.get(method, {}):
-            if param not in cls.hyperparameters:
-                raise ConfigError(f"space file {file}: method {method} has no parameter {param!r} "
-                                  f"(has: {', '.join(cls.hyperparameters) or 'none'})")
+    methods = list(dict.fromkeys((*space.default_methods, *space.method_overrides)))
+    for method in methods:
+        METHODS.get(method)  # an unknown name: the registry's one-line error
+    try:  # every grid point and both ends of every range, as a trial would read them
+        check_ranges(space, methods, problem.task_names, problem.defaults)
+    except ConfigError as err:
+        raise ConfigError(f"space file {file}: {err}") from None
     if int(space.max_epochs) < 1:
         raise ConfigError(f"space file {file}: max_epochs must be at least 1")

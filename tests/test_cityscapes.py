@@ -398,12 +398,16 @@ def test_spaces_follow_002():
         problem = build_problem(space.problem, space.problem_options)
         assert (problem.defaults["height"], problem.defaults["width"]) == (h, w)
         assert problem.spec.num_classes == k and len(problem.tasks) == n_tasks
-        assert list(space.common["lr"]) == [0.005, 0.001, 0.0005, 0.0001]
-        assert list(space.common["weight_decay"]) == [1e-4, 1e-5, 0.0]
+        assert space.common["lr"].grid == (0.005, 0.001, 0.0005, 0.0001) and space.common["lr"].log
+        # weight decay 0 has no log scale: the grid is searched as it is
+        assert space.common["weight_decay"].grid == (1e-4, 1e-5, 0.0) and not space.common["weight_decay"].continuous
         assert space.constants == {"batch_size": 32, "lr_decay": 0.95}
         assert space.max_epochs == 150
-        assert space.method_ranges("auto_lambda")["aux_lr_scale"] == [100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001]
-        assert space.method_ranges("cagrad")["c"] == [0.2, 0.5, 0.8]
+        aux = space.method_ranges("auto_lambda")["aux_lr_scale"]
+        assert aux.grid == (100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001) and (aux.low, aux.high, aux.log) == (0.0001, 100.0, True)
+        assert space.method_ranges("cagrad")["c"].grid == (0.2, 0.5, 0.8)
+        rotograd = space.method_ranges("rotograd")
+        assert rotograd["feature_size"].grid == (512,) and rotograd["aux_lr_scale"].grid == (5.0, 1.0, 0.5, 0.1)
     assert VARIANTS["r50"].backbone == "resnet50" and VARIANTS["19c"].backbone == "resnet18"
     metrics = {t.name: {m.name: m.higher_is_better for m in t.metrics} for t in build_problem("cityscapes", {"variant": "19c"}).tasks}
     assert metrics == {

@@ -518,12 +518,14 @@ def test_space():
 
     space = SPACES.get("qm9")
     assert space.problem == "qm9" and space.max_epochs == 300
-    assert list(space.common["lr"]) == [0.005, 0.001, 0.0005, 0.0001]
+    lr = space.common["lr"]
+    assert lr.grid == (0.005, 0.001, 0.0005, 0.0001) and (lr.low, lr.high, lr.log) == (0.0001, 0.005, True)
     assert space.constants["batch_size"] == 120 and space.constants["lr_decay"] == 1.0
     assert space.constants["weight_decay"] == 0.0 and space.constants["dropout"] == 0.0
-    assert space.method_ranges("auto_lambda")["aux_lr_scale"] == [100.0, 10.0, 1.0]
-    assert space.method_ranges("famo") == {"gamma": [0.01, 0.001, 0.0001]}
-    assert space.method_ranges("single_task", TARGETS)["task"] == list(TARGETS)
+    aux = space.method_ranges("auto_lambda")["aux_lr_scale"]
+    assert aux.grid == (100.0, 10.0, 1.0) and (aux.low, aux.high, aux.log) == (1.0, 100.0, True)
+    assert {k: r.grid for k, r in space.method_ranges("famo").items()} == {"gamma": (0.01, 0.001, 0.0001)}
+    assert space.method_ranges("single_task", TARGETS)["task"].grid == tuple(TARGETS)
     for m in space.default_methods:
         METHODS.get(m)
 

@@ -8,6 +8,7 @@ import pytest
 from searcher.cli import main
 from spaces import SPACES, get_space, space_of_run
 from trainables.errors import ConfigError
+from trainables.search_range import SearchRange
 
 
 def write(tmp_path, name, text):
@@ -29,8 +30,10 @@ max_epochs: 2
     base = SPACES.get("mnist_cl_rr")
     assert space.name == "mnist_small" and space.problem == "multi_mnist"
     assert dict(space.problem_options) == dict(base.problem_options) and dict(space.constants) == dict(base.constants)
-    assert dict(space.common) == {"lr": (0.01, 0.001), "dropout": (0.0,), "optimizer": ("adam",)}
-    assert space.method_ranges("cagrad") == {"c": [0.5]}
+    # a user's list is exactly that categorical grid (no interval added)
+    assert dict(space.common) == {"lr": SearchRange(grid=(0.01, 0.001)), "dropout": SearchRange(grid=(0.0,)),
+                                  "optimizer": SearchRange(grid=("adam",))}
+    assert space.method_ranges("cagrad") == {"c": SearchRange(grid=(0.5,))}
     assert space.max_epochs == 2 and tuple(space.default_methods) == ("ew", "cagrad")
     assert "mnist_small" not in SPACES  # nothing is registered behind the user's back
 
@@ -42,7 +45,7 @@ SPACE = SearchSpace(name="toy_lr", problem="toy", description="toy, lr only",
                     common={"lr": (0.1, 0.01)}, constants={"steps_per_epoch": 5}, default_methods=("ew",), max_epochs=1)
 """)
     space = get_space(path)
-    assert space.name == "toy_lr" and dict(space.common) == {"lr": (0.1, 0.01)}
+    assert space.name == "toy_lr" and dict(space.common) == {"lr": SearchRange(grid=(0.1, 0.01))}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -51,7 +54,7 @@ SPACE = SearchSpace(name="toy_lr", problem="toy", description="toy, lr only",
     ("extends: mnist_cl_rr\nlearning_rate: [0.1]\n", "unknown field(s) learning_rate"),
     ("extends: nowhere\n", "extends unknown space 'nowhere'"),
     ("extends: toy\ncommon: {lrr: [0.1]}\n", "'lrr' is not a hyperparameter"),
-    ("extends: toy\ncommon: {lr: 0.1}\n", "grid of 'lr' must be a non-empty list"),
+    ("extends: toy\ncommon: {lr: 0.1}\n", "lr: a search range is a list of values or a mapping"),
     ("extends: toy\nmethod_overrides: {cagrad: {cc: [1]}}\n", "method cagrad has no parameter 'cc'"),
     ("extends: toy\ndefault_methods: [nope]\n", "unknown method 'nope'"),
     ("name: [x\n", "not valid YAML at line"),

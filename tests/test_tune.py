@@ -15,7 +15,7 @@ from spaces import SPACES, suggest
 
 
 def test_define_by_run_space_is_conditional_on_the_method():
-    """Each method gets only its own parameters, named <method>.<param>, from the space's grids."""
+    """Each method gets only its own parameters, named <method>.<param>, from the space's ranges."""
     space = SPACES.get("mnist_cl_rr")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {}
@@ -25,12 +25,12 @@ def test_define_by_run_space_is_conditional_on_the_method():
         params = trial.params
         method = params["method"]
         seen.setdefault(method, set()).update(params)
-        assert params["lr"] in (0.01, 0.0075, 0.005, 0.0025, 0.001, 0.00075, 0.0005)
+        assert 0.0005 <= params["lr"] <= 0.01  # log-uniform over the paper's grid's span (tpe/random)
         assert params["optimizer"] in ("adam", "adamw", "sgd")
         assert "dropout" not in params and constants["dropout"] == 0.1
         assert constants["run_index"] == trial.number and constants["batch_size"] == 256
         if method == "cagrad":
-            assert params["cagrad.c"] in (0.2, 0.5, 0.8)
+            assert 0.0 <= params["cagrad.c"] <= 1.0
         if method == "single_task":
             assert params["single_task.task"] in ("CL", "RR")
         study.tell(trial, 0.0)

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.weights import ema_trajectory, extract_fixed_weights, normalize_epochs
 from searcher.cli import main
+from trainables.config import repeat_seed
 from trainables.errors import ConfigError
 from trainables.methods.fixed import parse_weights
 
@@ -113,7 +114,7 @@ def test_extract_weights_reads_the_logged_histories(tmp_path, monkeypatch, capsy
                          "fixed_weights/weights-beta0.9-epoch2.json", "fixed_weights/weights-beta0.9-epoch2.png"}
 
 
-def test_end_to_end_cagrad_extract_then_rerun(tmp_path, monkeypatch, capsys, tracking_uri):
+def test_end_to_end_cagrad_extract_then_rerun(ray_session, tmp_path, monkeypatch, capsys, tracking_uri):
     monkeypatch.chdir(tmp_path)  # the store's default artifact location is ./mlruns
     assert main(["train", "--space", "toy", "--method", "cagrad", "--max-epochs", "3", "--param", "steps_per_epoch=10",
                  "--param", "lr=0.01", "--tracking-uri", tracking_uri]) == 0
@@ -158,17 +159,21 @@ def test_end_to_end_cagrad_extract_then_rerun(tmp_path, monkeypatch, capsys, tra
         assert run["params.method"] == "fixed" and run["tags.searcher.method"] == "fixed"
         assert run["tags.searcher.source_run"] == run_id and run["tags.searcher.source_method"] == "cagrad"
         assert parse_weights(run["params.fixed.weights"], ["f1", "f2"]) == [record["weights"]["f1"], record["weights"]["f2"]]
-        # the source's hyperparameters, a fresh seed (source seed 0 + 10000), run index 0 and 1
+        # the source's hyperparameters and run index, the seeds of its confirm repeats 1 and 2
         assert run["params.lr"] == "0.01" and run["params.steps_per_epoch"] == "10" and run["params.max_epochs"] == "3"
-        assert run["params.seed"] == "10000" and run["tags.searcher.status"] == "completed"
+        assert run["params.run_index"] == "0" and run["tags.searcher.status"] == "completed"
+        assert run["tags.searcher.mode"] == "rerun"
         assert [a.path for a in client.list_artifacts(run.run_id)] == ["fixed_weights.json"]
-    assert sorted(runs["params.run_index"]) == ["0", "1"]
-    assert len(mlflow.search_runs(experiment_names=["toy"])) == 3
+    assert sorted(runs["params.seed"]) == [str(repeat_seed(0, 0)), str(repeat_seed(0, 1))] == ["100000", "200000"]
+    assert sorted(runs["params.repeat"]) == ["0", "1"]
+    # the source, the launch's parent run and the two reruns
+    assert len(mlflow.search_runs(experiment_names=["toy"])) == 4
 
     # Extracted on the fly with another beta, into another experiment, for one epoch.
     assert main(["rerun", run_id, "--beta", "0.5", "--max-epochs", "1", "--experiment", "reruns",
                  "--tracking-uri", tracking_uri]) == 0
-    (run,) = [r for _, r in mlflow.search_runs(experiment_names=["reruns"]).iterrows()]
+    (run,) = [r for _, r in mlflow.search_runs(experiment_names=["reruns"],
+                                                filter_string="tags.`searcher.role` = 'rerun'").iterrows()]
     ema = None
     for r in rows:
         w = (r[0] / sum(r), r[1] / sum(r))

@@ -55,22 +55,74 @@ COMMON: dict[str, Hyperparameter] = {
 }
 
 
+#: A configuration's repeats (``confirm``, ``rerun``) add multiples of this to its base seed;
+#: run indices stay below it, so no repeat shares a seed with any trial of its search.
+REPEAT_SEED_OFFSET = 100_000
+
+
+def run_seed(config: Mapping[str, Any]) -> int:
+    """The seed a run trains with: its base seed plus its run index (trials of a search differ
+    by their index; every arm's k-th trial has the same seed, so no method gets luckier seeds)."""
+    return int(config["seed"]) + int(config["run_index"])
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """Base seed of repeat ``repeat`` (0, 1, ...) of a configuration first trained with base seed
+    ``seed``; the run index is kept. One scheme for ``confirm``'s repeats and ``rerun``'s runs:
+    new for every repeat, the same on every call (a repeat can be redone exactly), and the same
+    for repeat k of a method and the k-th fixed-weight rerun of that method's run, so the two
+    are paired (same initialization, same data order)."""
+    return int(seed) + REPEAT_SEED_OFFSET * (int(repeat) + 1)
+
+
 def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The method's own parameters from ``<method>.<param>`` keys."""
     prefix = method + "."
     return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
 
 
-def resolve(config: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Common defaults, then each layer, then ``config``; common values are type-checked."""
+def option_value(key: str, raw: Any, default: Any) -> Any:
+    """A problem option read as the type of its default (bool, int, float); text stays text
+    (the problem checks its own choices, e.g. a data source, when it prepares the data)."""
+    if default is None or isinstance(default, str) or not isinstance(default, (bool, int, float)):
+        return raw
+    return Hyperparameter(default, type(default), f"an option of the problem, default {default!r}").parse("", key, raw)
+
+
+def resolve(config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Common defaults, then the problem's ``options`` (its defaults), then ``config``; common
+    values are type-checked, and problem options typed as their defaults."""
+    options = options or {}
     merged: dict[str, Any] = {k: hp.default for k, hp in COMMON.items()}
-    for layer in (*layers, config):
-        merged.update(layer)
+    merged.update(options)
+    merged.update(config)
     for key, hp in COMMON.items():
         merged[key] = hp.parse("", key, merged[key])
+    for key, default in options.items():
+        if key not in COMMON:
+            merged[key] = option_value(key, merged[key], default)
     if str(merged["batched_grads"]).lower() not in BATCHED:
         raise ConfigError(f"batched_grads must be auto, true or false, got {merged['batched_grads']!r}")
     merged["batched_grads"] = str(merged["batched_grads"]).lower()
     if "method" not in merged:
         raise ConfigError("the config names no method")
     return merged
+
+
+#: Keys a launch adds to a trial's config that are not part of any configuration (the grid
+#: sampler's index into a planned list): not logged.
+LAUNCH_KEYS = ("grid_point",)
+
+
+def run_params(config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a run records as its params: the resolved, typed config (``resolve``) with every own
+    parameter of its method, given or default, as ``<method>.<param>``; other methods' keys are
+    dropped. ``searcher train`` and a Ray trial of the same configuration record the same."""
+    from trainables.methods import METHODS
+
+    resolved = resolve(config, options)
+    method = str(resolved["method"])
+    own = METHODS.get(method).resolve_params(method_params(resolved, method))
+    params = {k: v for k, v in resolved.items() if "." not in k and k not in LAUNCH_KEYS}
+    params.update({f"{method}.{k}": v for k, v in own.items()})
+    return params

@@ -57,7 +57,7 @@ class Trainer:
     def __init__(self, problem: Problem, config: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> None:
         self.problem = problem
         self.config = cfg.resolve(config, problem.defaults)
-        self.seed = self.config["seed"] + self.config["run_index"]
+        self.seed = cfg.run_seed(self.config)
         seed_everything(self.seed)
         self.device = pick_device(self.config["device"])
         batched = cfg.BATCHED[self.config["batched_grads"]]

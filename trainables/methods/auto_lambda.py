@@ -31,6 +31,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting, StepContext
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 
 class AutoLambda(LossWeighting):
@@ -40,7 +41,14 @@ class AutoLambda(LossWeighting):
     paper = "Liu et al., Auto-Lambda, TMLR 2022 (official code lorenmt/auto-lambda)"
     needs_step_context = True
     hyperparameters = {
-        "aux_lr_scale": Hyperparameter(1.0, float, "learning rate of the task weights, as a multiple of lr (> 0)"),
+        "aux_lr_scale": Hyperparameter(
+            1.0, float, "learning rate of the task weights, as a multiple of lr (> 0)", low=0.0, open_low=True,
+            # `002` A.6, Multi-MNIST CL_CR / CL_RR (Tables 6-7): {1000, 100, 10, 1, 0.1, 0.01, 0.001}
+            # (Table 8, RL_RR, prints 0.0001 for 0.1; Cityscapes and QM9 override it in their
+            # spaces); the initial weight stays 0.1.
+            # Continuous: log-uniform between the grid's ends (six orders of magnitude).
+            search=SearchRange(grid=(1000.0, 100.0, 10.0, 1.0, 0.1, 0.01, 0.001), low=0.001, high=1000.0, log=True),
+        ),
         "init_weight": Hyperparameter(0.1, float, "initial task weight (`002` A.6: 0.1)"),
     }
 

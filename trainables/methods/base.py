@@ -28,6 +28,7 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Hyperparameter:
     """A hyperparameter (common, or a method's own): default, type, one line of help, and the
     values it may take (``low``/``high`` bounds, open where ``open_low``/``open_high``, or a
     fixed set of ``choices``), checked wherever a value is read, so that the driver refuses a
-    bad ``--param`` before any trial starts."""
+    bad ``--param`` before any trial starts. A method's own parameter may declare ``search``,
+    the range a search draws it from by default (a space may override it)."""
 
     default: Any
     type: type
@@ -59,6 +61,7 @@ class Hyperparameter:
     open_low: bool = False
     open_high: bool = False
     choices: tuple[Any, ...] | None = None
+    search: SearchRange | None = None
 
     def parse(self, method: str, name: str, raw: Any) -> Any:
         """Cast a value given on the command line or by the search to this type, and check it.
@@ -122,13 +125,19 @@ class Method(nn.Module):
         self.tasks = list(tasks)
         self.task_names = [t.name for t in self.tasks]
         self.n_tasks = len(self.tasks)
-        unknown = sorted(set(params) - set(self.hyperparameters))
+        self.params = self.resolve_params(params)
+
+    @classmethod
+    def resolve_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every own parameter of the method, typed and checked: the given values, the defaults
+        for the rest (what the method runs with, and what a run logs as ``<method>.<param>``)."""
+        unknown = sorted(set(params) - set(cls.hyperparameters))
         if unknown:
-            known = ", ".join(self.hyperparameters) or "none"
-            raise ConfigError(f"unknown parameter {unknown[0]!r} for method {self.name} (its parameters: {known})")
-        self.params = {
-            k: hp.parse(self.name, k, params[k]) if k in params else hp.default
-            for k, hp in self.hyperparameters.items()
+            known = ", ".join(cls.hyperparameters) or "none"
+            raise ConfigError(f"unknown parameter {unknown[0]!r} for method {cls.name} (its parameters: {known})")
+        return {
+            k: hp.parse(cls.name, k, params[k]) if k in params else hp.default
+            for k, hp in cls.hyperparameters.items()
         }
 
     #: What the method trains besides the model, in words ("" if nothing), for the listing.

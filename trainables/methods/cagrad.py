@@ -18,6 +18,7 @@ from scipy.optimize import minimize
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 EPS = 1e-8
 
@@ -71,7 +72,14 @@ class CAGrad(GradientAggregator):
     heads_use_weights = False
     gramian_only = True
     hyperparameters = {
-        "c": Hyperparameter(0.5, float, "radius of the ball around the mean gradient (c >= 0)"),
+        "c": Hyperparameter(
+            0.5, float, "radius of the ball around the mean gradient (c >= 0)", low=0.0,
+            # `002` A.6 (Tables 6-10): c in {0.2, 0.5, 0.8} on every benchmark. Continuous: the
+            # CAGrad paper's c in [0, 1) (Liu et al. 2021, §3: for c < 1 it converges to a
+            # stationary point of the average loss; c = 0 is gradient descent on it); a draw of
+            # exactly 1 has probability 0.
+            search=SearchRange(grid=(0.2, 0.5, 0.8), low=0.0, high=1.0),
+        ),
         "rescale": Hyperparameter(1, int, "0: none, 1: divide by 1+c^2 (default), 2: divide by 1+c"),
     }
 

@@ -49,6 +49,7 @@ from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.edm import edm_weights
 from trainables.methods.min_norm import SOLVERS
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 #: Length of the sliding window of gradient norms (MAX_BATCH_ITER in the reference).
 WINDOW = 10
@@ -119,7 +120,12 @@ class CDTT(GradientAggregator):
     heads_use_weights = False
     gramian_only = True
     hyperparameters = {
-        "alpha": Hyperparameter(0.3, float, "tension sensitivity alpha in [0, 1] (authors' config: 0.3)"),
+        "alpha": Hyperparameter(
+            0.3, float, "tension sensitivity alpha in [0, 1] (authors' config: 0.3)", low=0.0, high=1.0,
+            # `002` A.6 (Tables 6-10): alpha in {0.2, 0.4, 0.6, 0.8, 1.0}. Continuous: the whole
+            # interval the CDTT paper defines alpha on (tension = max(0, alpha s(p) + 1 - alpha)).
+            search=SearchRange(grid=(0.2, 0.4, 0.6, 0.8, 1.0), low=0.0, high=1.0),
+        ),
         "solver": Hyperparameter("exact", str, "min-norm solver of the central direction: exact, fw (reference), pgd"),
     }
 

@@ -52,6 +52,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 EPS = 1e-8
 
@@ -68,7 +69,12 @@ class FAMO(LossWeighting):
     paper = "Liu et al., FAMO, NeurIPS 2023, §3 and Algorithm 1 (official code Cranial-XIX/FAMO)"
     needs_post_step_losses = True
     hyperparameters = {
-        "gamma": Hyperparameter(0.01, float, "weight decay of the task logits (>= 0; `002` A.6: 0.01, 0.001, 0.0001)"),
+        "gamma": Hyperparameter(
+            0.01, float, "weight decay of the task logits (>= 0; `002` A.6: 0.01, 0.001, 0.0001)", low=0.0,
+            # `002` A.6 (Tables 6-10): gamma in {0.01, 0.001, 0.0001}; the logits' lr stays 0.025.
+            # Continuous: log-uniform between the grid's ends (two orders of magnitude).
+            search=SearchRange(grid=(0.01, 0.001, 0.0001), low=0.0001, high=0.01, log=True),
+        ),
         "w_lr": Hyperparameter(0.025, float, "Adam learning rate of the task logits (> 0)"),
         "min_loss": Hyperparameter(0.0, float, "lower bound L* of every task loss (official min_losses; toy: -21)"),
     }

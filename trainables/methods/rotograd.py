@@ -33,6 +33,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
+from trainables.search_range import SearchRange
 
 TINY = 1e-15
 MAX_ROTATED = 4096
@@ -53,7 +54,13 @@ class RotoGrad(GradientAggregator):
     forced_grad_level = "feature"
     heads_use_weights = False
     hyperparameters = {
-        "aux_lr_scale": Hyperparameter(1.0, float, "learning rate of the rotations as a multiple of lr (> 0)"),
+        "aux_lr_scale": Hyperparameter(
+            1.0, float, "learning rate of the rotations as a multiple of lr (> 0)", low=0.0, open_low=True,
+            # `002` A.6 (Tables 6-10): {5.0, 1.0, 0.5, 0.1} on every benchmark (a scale of the lr:
+            # RotoGrad gives no range). Continuous: log-uniform between the grid's ends (a scale
+            # spanning a factor of 50).
+            search=SearchRange(grid=(5.0, 1.0, 0.5, 0.1), low=0.1, high=5.0, log=True),
+        ),
         "feature_size": Hyperparameter(0, int, "leading features rotated (0: all; `002`: 50 on Multi-MNIST, 512 on Cityscapes)"),
         "burn_in": Hyperparameter(20, int, "step at which the reference gradient norms are taken again"),
     }

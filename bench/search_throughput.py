@@ -10,11 +10,13 @@ x the number of concurrent trials.
 
     python bench/search_throughput.py                     # mnist_cl_rr, 3 per arm, 2 concurrent
     python bench/search_throughput.py --samples 2 --max-epochs 5
+    python bench/search_throughput.py --checkpoint-cost   # what the per-epoch checkpoint costs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="trials per arm")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once (1 CPU each)")
+    parser.add_argument("--checkpoint-cost", action="store_true",
+                        help="also run the reused-worker search with a checkpoint at each trial's last epoch only")
     args = parser.parse_args()
 
     quiet_ray_env()
@@ -75,8 +79,13 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="throughput-")
     uri = f"sqlite:///{work}/mlflow.db"
     rows = []
-    for label, reuse in (("a worker per trial", False), ("workers reused", True)):
-        name = "reuse" if reuse else "fresh"
+    every_epoch = session.settings
+    last_only = dataclasses.replace(every_epoch, checkpoint_every=every_epoch.max_epochs)
+    variants = [("a worker per trial", False, every_epoch, "fresh"), ("workers reused", True, every_epoch, "reuse")]
+    if args.checkpoint_cost:
+        variants.append(("workers reused, checkpoint at the last epoch only", True, last_only, "last-only"))
+    for label, reuse, settings, name in variants:
+        session.settings = settings
         options = SearchOptions(num_samples=args.samples, storage=f"{work}/ray", name=name, reuse_actors=reuse)
         start = time.perf_counter()
         run_search(session, options, uri, name)
@@ -84,6 +93,7 @@ def main() -> None:
         trials = trials_of(uri, name)
         epochs = sum(e for _, e in trials)
         rows.append((label, len(trials), epochs, wall))
+    session.settings = every_epoch
     trials = trials_of(uri, "reuse")
     floor_s = floor(session, trials)
     floor_epochs = sum(e for _, e in trials)

@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("SEARCHER_OFFLINE", "1")
 
 from searcher.confirm import plan_confirm, run_confirm  # noqa: E402
-from searcher.search import SearchOptions, quiet_ray_env, run_search  # noqa: E402
+from searcher.launch import quiet_ray_env  # noqa: E402
+from searcher.search import SearchOptions, run_search  # noqa: E402
 from searcher.session import open_session  # noqa: E402
 
 

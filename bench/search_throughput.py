@@ -27,7 +27,8 @@ os.environ.setdefault("SEARCHER_OFFLINE", "1")
 
 import mlflow  # noqa: E402
 
-from searcher.search import SearchOptions, quiet_ray_env, run_search  # noqa: E402
+from searcher.launch import quiet_ray_env  # noqa: E402
+from searcher.search import SearchOptions, run_search  # noqa: E402
 from searcher.session import open_session  # noqa: E402
 from trainables.trainer import Trainer  # noqa: E402
 

@@ -215,7 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from searcher import tracking
-    from searcher.search import DEFAULT_SAMPLES, SearchOptions, first_error, plan_search, run_search, storage_path
+    from searcher.launch import storage_path
+    from searcher.search import DEFAULT_SAMPLES, SearchOptions, first_error, plan_search, run_search
     from searcher.session import data_source, open_session
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
@@ -326,7 +327,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
           + ("-" if source is None else f"{source:.3f}"))
     for k, (run_id, last) in enumerate(runs):
         tests = ", ".join(f"{m[len('best/test/'):]} {v:.4f}" for m, v in last.items() if m.startswith("best/test/"))
-        print(f"rerun {k + 1}/{len(runs)} (run {run_id or '-'}, seed {last.get('config', {}).get('seed', '?')}): "
+        print(f"rerun {k + 1}/{len(runs)} (run {run_id or '-'}, seed {last['seed']}): "
               + (f"failed: {last['error']}" if last.get("error") else _best(last) + (f"; test {tests}" if tests else "")))
     return 1 if any(last.get("diverged") or last.get("error") for _, last in runs) else 0
 

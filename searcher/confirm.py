@@ -25,11 +25,9 @@ import pandas as pd
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table, planned
 from searcher.search import trial_frame
 from searcher.session import Session, data_source, open_session
-from trainables.config import COMMON, REPEAT_SEED_OFFSET, repeat_seed
+from trainables.config import COMMON, repeat_seed
 from trainables.errors import ConfigError
 
-#: Base-seed offset of confirmation repeats (trial run indices stay below it).
-CONFIRM_SEED_OFFSET = REPEAT_SEED_OFFSET
 #: Runs eligible as a method's best configuration.
 FINISHED = ("completed", "stopped_early")
 #: Roles of runs that are not trainings of a searched configuration.

@@ -25,7 +25,8 @@ from searcher.progress import ProgressLine
 from searcher.samplers import grid_sampler
 from searcher.session import Session, data_source, session_tags
 from trainables.errors import ConfigError
-from trainables.tune_trainable import SEARCH_METRIC, train_trial
+from trainables.trial import SEARCH_METRIC
+from trainables.tune_trainable import train_trial
 
 
 @dataclass
@@ -85,12 +86,20 @@ class Launch:
 
 @dataclass
 class Launched:
-    """What a launch leaves: Ray's results, the parent MLflow run, and each trial's run."""
+    """What a launch leaves: Ray's results and the parent MLflow run (``run_ids``: each trial's)."""
 
     results: Any
     parent_run_id: str
-    #: Ray trial id -> MLflow run id.
-    run_ids: dict[str, str]
+    tracking_uri: str
+    experiment_id: str
+    name: str
+
+    def run_ids(self) -> dict[str, str]:
+        """Ray trial id -> MLflow run id, for the trials of this launch (one query, on demand)."""
+        client = MlflowClient(self.tracking_uri)
+        runs = client.search_runs([self.experiment_id], filter_string=f"tags.`searcher.search` = '{self.name}'",
+                                  max_results=50_000)
+        return {r.data.tags["searcher.trial_id"]: r.info.run_id for r in runs if r.data.tags.get("searcher.trial_id")}
 
 
 def quiet_ray_env(address: str | None = None) -> None:
@@ -198,13 +207,6 @@ def planned(configs: Sequence[Mapping[str, Any]]) -> tuple[Any, dict[str, int]]:
     return search_alg, budgets
 
 
-def trial_runs(tracking_uri: str, experiment_id: str, name: str) -> dict[str, str]:
-    """Ray trial id -> MLflow run id, for the trials of the search ``name``."""
-    client = MlflowClient(tracking_uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`searcher.search` = '{name}'", max_results=50_000)
-    return {r.data.tags["searcher.trial_id"]: r.info.run_id for r in runs if r.data.tags.get("searcher.trial_id")}
-
-
 def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri: str, experiment: str) -> Launched:
     """Run ``plan`` as one Ray Tune run (or, with ``options.resume``, continue the one of that
     name), logged under one parent MLflow run; return its results."""
@@ -274,7 +276,7 @@ def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri:
         results = tuner.fit()
         mlflow.log_metric("trials", len(results))
         mlflow.log_metric("errors", len(results.errors))
-    return Launched(results, parent.info.run_id, trial_runs(tracking_uri, experiment_id, plan.name))
+    return Launched(results, parent.info.run_id, tracking_uri, experiment_id, plan.name)
 
 
 def log_table(tracking_uri: str, run_id: str, table: Any, stem: str) -> None:

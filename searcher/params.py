@@ -39,7 +39,7 @@ def to_config(
             out[key] = COMMON[key].parse("", key, value)
             continue
         if key in options:
-            out[key] = parse_option(key, value, options[key])
+            out[key] = option_value(key, value, options[key])
             continue
         method, dot, name = key.partition(".")
         if dot:
@@ -55,11 +55,6 @@ def to_config(
                               f"--param {key} is ambiguous: write one of {', '.join(f'{m}.{key}' for m in owners)}")
         out[f"{owners[0]}.{key}"] = METHODS.get(owners[0]).hyperparameters[key].parse(owners[0], key, value)
     return out
-
-
-def parse_option(key: str, raw: Any, default: Any) -> Any:
-    """A problem option read as the type of its default (``trainables.config.option_value``)."""
-    return option_value(key, raw, default)
 
 
 def _unknown(key: str, methods: Sequence[str], allowed: set[str]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, TextIO
 from ray.tune import Callback
 
 from searcher.arms import arm_of_config
-from trainables.tune_trainable import DIVERGED_SCORE, SEARCH_METRIC
+from trainables.trial import DIVERGED_SCORE, SEARCH_METRIC
 
 
 def clock(seconds: float) -> str:

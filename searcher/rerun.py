@@ -26,8 +26,9 @@ from mlflow.tracking import MlflowClient
 from analysis.extract import extract_from_run, get_run, open_client, read_weights_file, run_method, run_space
 from analysis.weights import DEFAULT_BETA
 from searcher.launch import Launch, SearchOptions, default_name, launch, planned
+from searcher.search import error_line
 from searcher.session import Session, data_source, open_session, run_config
-from trainables.config import repeat_seed
+from trainables.config import repeat_seed, run_seed
 from trainables.errors import ConfigError
 from trainables.problems.base import Problem
 
@@ -130,7 +131,8 @@ def run_reruns(
     plan: Rerun, uri: str, repeats: int, options: SearchOptions | None = None
 ) -> list[tuple[str | None, dict[str, Any]]]:
     """Train ``repeats`` runs through the launcher, each with the weights used as an artifact;
-    return (MLflow run id, last reported metrics) per repeat, in repeat order."""
+    return (MLflow run id, last reported metrics and the ``seed`` it trained with) per repeat, in
+    repeat order."""
     options = options or SearchOptions()
     configs = rerun_configs(plan, repeats)
     search_alg, budgets = planned(configs)
@@ -142,12 +144,14 @@ def run_reruns(
                run_tags=rerun_tags(plan), run_artifacts={WEIGHTS_ARTIFACT: plan.weights_record}),
         options, uri, plan.experiment,
     )
+    run_ids = launched.run_ids()
     done = []
     for result in sorted(launched.results, key=lambda r: int((r.config or {}).get("repeat", 0))):
         metrics = dict(result.metrics or {})
         if result.error:
-            metrics["error"] = (str(result.error).strip().splitlines() or [type(result.error).__name__])[-1][:300]
-        done.append((launched.run_ids.get(str(metrics.get("trial_id"))), metrics))
+            metrics["error"] = error_line(result.error)
+        metrics["seed"] = run_seed(result.config)  # the seed it trained with (base seed + run index)
+        done.append((run_ids.get(str(metrics.get("trial_id"))), metrics))
     return done
 
 

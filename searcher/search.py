@@ -14,14 +14,12 @@ from typing import Any, Sequence
 import pandas as pd
 
 from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
-from searcher.launch import (  # noqa: F401  (SearchOptions, storage_path ...: the launch's schema, re-exported)
-    Launch, SearchOptions, default_name, experiment_path, launch, log_table, quiet_ray_env, start_ray, storage_path,
-)
+from searcher.launch import Launch, SearchOptions, default_name, launch, log_table
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session
 from spaces import grid_points, suggest, suggest_grid_point
 from trainables.errors import ConfigError
-from trainables.tune_trainable import DIVERGED_SCORE, SEARCH_METRIC
+from trainables.trial import DIVERGED_SCORE, SEARCH_METRIC
 
 SEARCHES = ("tpe", "random", "grid", "nsga2")
 
@@ -188,10 +186,14 @@ def trial_frame(results: Any) -> pd.DataFrame:
     for result in results:
         row: dict[str, Any] = {f"config/{k}": v for k, v in (result.config or {}).items()}
         row.update({k: v for k, v in (result.metrics or {}).items() if not isinstance(v, dict)})
-        error = result.error
-        row["error"] = (str(error).strip().splitlines() or [type(error).__name__])[-1][:300] if error else None
+        row["error"] = error_line(result.error) if result.error else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def error_line(error: BaseException) -> str:
+    """A trial's error in one line (its last: the exception itself), for tables and the console."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]
 
 
 def best_per_method(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from searcher.params import parse_pairs, to_config
 from trainables.config import method_params, resolve
 from trainables.methods import METHODS, build_method
 from trainables.problems import Problem, build_problem
-from trainables.tune_trainable import RunSettings
+from trainables.trial import RunSettings
 
 
 @dataclass

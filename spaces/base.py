@@ -124,7 +124,7 @@ def check_ranges(
     as ``trainables.config.resolve`` reads it),
     and a continuous range must suit the type (a number; ``integer`` for an int). Keys in
     ``skip`` (fixed by ``--param``) are not searched and not checked."""
-    from trainables.config import COMMON
+    from trainables.config import COMMON, option_schema
     from trainables.methods import METHODS
     from trainables.methods.base import Hyperparameter
 
@@ -143,12 +143,12 @@ def check_ranges(
         if name in COMMON:
             check("", name, COMMON[name], rng)
         elif name in options:  # a problem option: typed as its default (text: any value)
-            default = options[name]
-            about = f"an option of the problem, default {default!r}"
-            if isinstance(default, (bool, int, float)):
-                check("", name, Hyperparameter(default, type(default), about), rng)
+            schema = option_schema(options[name])
+            if schema is not None:
+                check("", name, schema, rng)
             elif rng.continuous:
-                raise ConfigError(f"{name} ({about}) takes a list of values, not the range {rng.describe()}")
+                raise ConfigError(f"{name} (an option of the problem, default {options[name]!r}) takes a list of "
+                                  f"values, not the range {rng.describe()}")
         else:
             known = ", ".join(sorted({*COMMON, *options}))
             raise ConfigError(f"{name!r} is not a hyperparameter or an option of the problem (known: {known})")

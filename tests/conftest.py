@@ -28,6 +28,24 @@ def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture
+def train_toy(tracking_uri):
+    """Train one run on the toy through `searcher train` (experiment ``toy``); its MLflow run id."""
+
+    def train(method: str, max_epochs: int, *params: str) -> str:
+        import mlflow
+
+        from searcher.cli import main
+
+        flags = [flag for param in params for flag in ("--param", param)]
+        assert main(["train", "--space", "toy", "--method", method, "--max-epochs", str(max_epochs), *flags,
+                     "--tracking-uri", tracking_uri]) == 0
+        mlflow.set_tracking_uri(tracking_uri)
+        return str(mlflow.search_runs(experiment_names=["toy"], order_by=["start_time DESC"]).iloc[0].run_id)
+
+    return train
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "cluster: starts real multi-node Ray clusters with `ray start` (slow; deselect with -m 'not cluster')"

@@ -80,13 +80,13 @@ def test_bad_input_gives_one_line(capsys, tracking_uri, args, message):
 )
 def test_a_bad_value_is_refused_on_the_driver_before_ray_or_mlflow(command, param, message, capsys, tmp_path, monkeypatch):
     """Before, each trial failed on it with a traceback, was retried, and the search exited 0."""
-    import searcher.search
+    import searcher.launch
     import searcher.tracking
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("reached past the driver's checks")
 
-    monkeypatch.setattr(searcher.search, "start_ray", must_not_run)
+    monkeypatch.setattr(searcher.launch, "start_ray", must_not_run)
     monkeypatch.setattr(searcher.tracking, "init_store", must_not_run)
     db = tmp_path / "mlflow.db"
     which = ["--methods", "cagrad"] if command == "tune" else ["--method", "cagrad"]

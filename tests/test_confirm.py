@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from searcher.cli import main
-from searcher.confirm import CONFIRM_SEED_OFFSET, plan_confirm, run_confirm, select_best
+from searcher.confirm import plan_confirm, run_confirm, select_best
 from searcher.search import SearchOptions, run_search
 from searcher.session import open_session
+from trainables.config import REPEAT_SEED_OFFSET
 
 
 def _runs(rows):
@@ -55,7 +56,7 @@ def test_confirm_retrains_the_best_configuration_of_each_method_with_new_seeds(r
             assert (reps["params.cagrad.c"] == src["params.cagrad.c"]).all()
         # ... with new seeds, different from each other and from the source's
         seeds = sorted(int(s) for s in reps["params.seed"])
-        assert seeds == [int(src["params.seed"]) + CONFIRM_SEED_OFFSET, int(src["params.seed"]) + 2 * CONFIRM_SEED_OFFSET]
+        assert seeds == [int(src["params.seed"]) + REPEAT_SEED_OFFSET, int(src["params.seed"]) + 2 * REPEAT_SEED_OFFSET]
         assert (reps["tags.searcher.status"] == "completed").all() and (reps["tags.searcher.mode"] == "confirm").all()
         # the summary is the mean over the repeats' MLflow metrics
         row = table[table["source_run"] == src["run_id"][:8]].iloc[0]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -99,14 +98,11 @@ def test_a_planned_list_counts_its_arms():
         planned([])
 
 
-def test_a_rerun_goes_through_ray_with_its_weights_and_tags(ray_session, tracking_uri, tmp_path, monkeypatch):
+def test_a_rerun_goes_through_ray_with_its_weights_and_tags(ray_session, tracking_uri, tmp_path, monkeypatch, train_toy):
     from searcher.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--space", "toy", "--method", "cagrad", "--max-epochs", "2", "--param", "steps_per_epoch=5",
-                 "--tracking-uri", tracking_uri]) == 0
-    mlflow.set_tracking_uri(tracking_uri)
-    source = mlflow.search_runs(experiment_names=["toy"]).iloc[0].run_id
+    source = train_toy("cagrad", 2, "steps_per_epoch=5")
     assert main(["rerun", source, "--repeats", "2", "--name", "r", "--storage", str(tmp_path / "ray"),
                  "--tracking-uri", tracking_uri]) == 0
     client = MlflowClient(tracking_uri)

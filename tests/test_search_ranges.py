@@ -101,13 +101,13 @@ def test_a_yaml_continuous_range_is_drawn_and_needs_a_grid_for_grid_search(tmp_p
 
 
 def test_grid_search_refuses_a_range_without_grid_on_the_driver(tmp_path, capsys, monkeypatch):
-    import searcher.search
+    import searcher.launch
     import searcher.tracking
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("reached past the driver's checks")
 
-    monkeypatch.setattr(searcher.search, "start_ray", must_not_run)
+    monkeypatch.setattr(searcher.launch, "start_ray", must_not_run)
     monkeypatch.setattr(searcher.tracking, "init_store", must_not_run)
     path = write(tmp_path, "extends: toy\nmethod_overrides: {cagrad: {c: {low: 0.0, high: 1.0}}}\n")
     db = tmp_path / "mlflow.db"

@@ -12,7 +12,8 @@ import optuna
 import pytest
 
 from searcher.samplers import PicklableNSGAIISampler, grid_sampler
-from searcher.search import SEARCHES, SearchOptions, experiment_path, make_scheduler, objectives, plan_search, run_search, storage_path
+from searcher.launch import experiment_path, storage_path
+from searcher.search import SEARCHES, SearchOptions, make_scheduler, objectives, plan_search, run_search
 from searcher.session import open_session
 from spaces import SPACES, grid_points, suggest, suggest_grid_point
 from spaces.simplex import simplex_grid, simplex_lattice, weights_from_u

@@ -8,7 +8,8 @@ import pytest
 from ray import tune
 
 from trainables import tune_trainable
-from trainables.tune_trainable import DIVERGED_SCORE, RunSettings, train_trial
+from trainables.trial import DIVERGED_SCORE, RunSettings
+from trainables.tune_trainable import train_trial
 
 
 class FakeSession:

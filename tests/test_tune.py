@@ -139,7 +139,7 @@ def test_every_requested_method_has_a_row_and_a_reason_when_it_has_no_result():
     import pandas as pd
 
     from searcher.search import first_error
-    from trainables.tune_trainable import DIVERGED_SCORE
+    from trainables.trial import DIVERGED_SCORE
 
     df = pd.DataFrame(
         {

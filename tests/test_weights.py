@@ -114,13 +114,9 @@ def test_extract_weights_reads_the_logged_histories(tmp_path, monkeypatch, capsy
                          "fixed_weights/weights-beta0.9-epoch2.json", "fixed_weights/weights-beta0.9-epoch2.png"}
 
 
-def test_end_to_end_cagrad_extract_then_rerun(ray_session, tmp_path, monkeypatch, capsys, tracking_uri):
+def test_end_to_end_cagrad_extract_then_rerun(ray_session, tmp_path, monkeypatch, capsys, tracking_uri, train_toy):
     monkeypatch.chdir(tmp_path)  # the store's default artifact location is ./mlruns
-    assert main(["train", "--space", "toy", "--method", "cagrad", "--max-epochs", "3", "--param", "steps_per_epoch=10",
-                 "--param", "lr=0.01", "--tracking-uri", tracking_uri]) == 0
-    mlflow.set_tracking_uri(tracking_uri)
-    source = mlflow.search_runs(experiment_names=["toy"]).iloc[0]
-    run_id = source.run_id
+    run_id = train_toy("cagrad", 3, "steps_per_epoch=10", "lr=0.01")
     client = MlflowClient(tracking_uri)
 
     assert main(["extract-weights", run_id, "--tracking-uri", tracking_uri]) == 0
@@ -193,12 +189,9 @@ def one_line_error(capsys, args, message):
     return err
 
 
-def test_a_method_without_weights_gives_one_line(capsys, tmp_path, monkeypatch, tracking_uri):
+def test_a_method_without_weights_gives_one_line(capsys, tmp_path, monkeypatch, tracking_uri, train_toy):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--space", "toy", "--method", "pcgrad", "--max-epochs", "1", "--param", "steps_per_epoch=2",
-                 "--tracking-uri", tracking_uri]) == 0
-    mlflow.set_tracking_uri(tracking_uri)
-    run_id = mlflow.search_runs(experiment_names=["toy"]).iloc[0].run_id
+    run_id = train_toy("pcgrad", 1, "steps_per_epoch=2")
     capsys.readouterr()
     one_line_error(capsys, ["extract-weights", run_id, "--tracking-uri", tracking_uri], "method pcgrad defines none")
     one_line_error(capsys, ["rerun", run_id, "--tracking-uri", tracking_uri], "method pcgrad defines none")

@@ -81,12 +81,19 @@ def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
 
 
+def option_schema(default: Any) -> Hyperparameter | None:
+    """How a problem option is read: as the type of its default (bool, int, float); None for
+    text, which stays text (the problem checks its own choices, e.g. a data source, when it
+    prepares the data)."""
+    if isinstance(default, (bool, int, float)):
+        return Hyperparameter(default, type(default), f"an option of the problem, default {default!r}")
+    return None
+
+
 def option_value(key: str, raw: Any, default: Any) -> Any:
-    """A problem option read as the type of its default (bool, int, float); text stays text
-    (the problem checks its own choices, e.g. a data source, when it prepares the data)."""
-    if default is None or isinstance(default, str) or not isinstance(default, (bool, int, float)):
-        return raw
-    return Hyperparameter(default, type(default), f"an option of the problem, default {default!r}").parse("", key, raw)
+    """A problem option read through its schema (``option_schema``)."""
+    schema = option_schema(default)
+    return raw if schema is None else schema.parse("", key, raw)
 
 
 def resolve(config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:

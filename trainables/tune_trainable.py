@@ -17,11 +17,9 @@ import torch
 from ray import tune
 
 from trainables.trainer import Trainer
-from trainables.trial import DIVERGED_SCORE, SEARCH_METRIC, RunSettings, run_trial
+from trainables.trial import RunSettings, run_trial
 
 STATE_FILE = "trainer.pt"
-
-__all__ = ["DIVERGED_SCORE", "SEARCH_METRIC", "STATE_FILE", "RunSettings", "train_trial"]
 
 
 def train_trial(config: dict[str, Any], settings: RunSettings) -> None:

@@ -8,6 +8,7 @@ and keep working once unpickled (``tests/test_search_strategies.py`` checks each
 from __future__ import annotations
 
 import threading
+import zlib
 from typing import Any
 
 import optuna
@@ -24,6 +25,26 @@ class ExhaustiveGridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         return None
+
+
+class CommonRandomSampler(optuna.samplers.RandomSampler):
+    """Optuna's random sampler with common random numbers across arms: the value of a parameter
+    in trial k depends only on the seed, k and the parameter's name.
+
+    Each arm (method) has its own study and sampler. Optuna's sampler draws from one stream in
+    the order of the suggestions, so a method with parameters of its own (CAGrad's c) shifted
+    that stream: from its second trial on it drew other learning rates than EW with the same
+    seed. Here the k-th trial of every arm draws the same lr, dropout and optimizer, and the
+    methods differ only in what differs between them.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.seed = int(seed)
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        key = zlib.crc32(f"{self.seed}/{trial.number}/{param_name}".encode())
+        return optuna.samplers.RandomSampler(seed=key).sample_independent(study, trial, param_name, param_distribution)
 
 
 class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):

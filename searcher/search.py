@@ -15,7 +15,7 @@ import pandas as pd
 
 from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table
-from searcher.samplers import PicklableNSGAIISampler, grid_sampler
+from searcher.samplers import CommonRandomSampler, PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session
 from spaces import grid_points, suggest, suggest_grid_point
 from trainables.errors import ConfigError
@@ -86,7 +86,7 @@ def make_sampler(kind: str, seed: int) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return CommonRandomSampler(seed)
     if kind == "nsga2":
         return PicklableNSGAIISampler(seed=seed)
     raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
@@ -96,8 +96,8 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
     """One Optuna search per arm behind one Ray Tune search algorithm (``PerArmSearch``).
 
     ``num_samples`` is the budget of each arm (each method, and ``single_task`` per task), as
-    in `002`'s protocol; each arm has its own sampler (same seed, so a random search draws the
-    same common hyperparameters for every method) and its own study. tpe: multivariate TPE
+    in `002`'s protocol; each arm has its own sampler (same seed; a random search draws the same
+    common hyperparameters in every arm's k-th trial: ``CommonRandomSampler``) and its own study. tpe: multivariate TPE
     over the arm's conditional space (the default); random; nsga2: multi-objective over the
     per-task validation metrics; grid: every point of each arm's grid once (or its first
     ``num_samples`` in a seeded order).

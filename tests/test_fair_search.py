@@ -189,3 +189,29 @@ def test_the_progress_line_counts_each_arm_against_its_budget():
     assert last.startswith("searcher: [3/3] ew 2/2 (1 pruned, 1 failed, best -3.50) | single_task[f1] 1/1 (best 1.00) | 0 running")
     assert "left" not in last  # nothing left to estimate
     assert pickle.loads(pickle.dumps(progress)).done == progress.done  # Ray pickles callbacks
+
+
+def test_a_random_search_draws_the_same_common_values_in_every_arms_kth_trial():
+    """Common random numbers: CAGrad's own c does not shift the lr, dropout and optimizer its
+    trials draw (with Optuna's plain sampler it did from the second trial on)."""
+    import optuna
+
+    from searcher.search import make_sampler
+    from spaces import SPACES, suggest
+
+    space = SPACES.get("mnist_cl_rr")
+
+    def draws(method: str, seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=make_sampler("random", seed))
+        out = []
+        for _ in range(5):
+            trial = study.ask()
+            suggest(trial, space, [method], ["CL", "RR"], {})
+            out.append({k: trial.params[k] for k in ("lr", "dropout", "optimizer")})
+            study.tell(trial, 0.0)
+        return out
+
+    ew, cagrad, single = draws("ew", 3), draws("cagrad", 3), draws("single_task", 3)
+    assert ew == cagrad == single
+    assert len({d["lr"] for d in ew}) == 5  # still a random search: new values every trial
+    assert draws("ew", 4) != ew  # and the seed matters

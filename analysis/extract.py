@@ -4,6 +4,10 @@ Reads the per-epoch weight histories of one MLflow run (``get_metric_history``),
 into fixed weights as `002` §3.5 does (``analysis.weights``), writes the result as a JSON
 file, and logs that file and a plot of the trajectories as artifacts of the source run
 (under ``fixed_weights/``). ``read_weights_file`` reads such a file back for ``searcher rerun``.
+
+Options beyond the paper (issue 13): the per-epoch median (``weight_median/<task>``) in place
+of the mean, and a bias-corrected EMA; the record says which were used and carries warnings
+when the result rests on the first epoch or on a few spiking steps.
 """
 
 from __future__ import annotations
@@ -18,10 +22,31 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.weights import DEFAULT_BETA, check_beta, extract_fixed_weights
+from analysis.weights import (
+    DEFAULT_BETA,
+    check_beta,
+    check_ema,
+    check_per_epoch,
+    extract_fixed_weights,
+    first_epoch_share,
+    mean_median_gaps,
+)
+from searcher.run_record import from_run
 from trainables.errors import ConfigError
 
 WEIGHT_PREFIX = "weight/"
+#: The per-epoch median of the applied weights (logged since issue 13; older runs lack it).
+MEDIAN_PREFIX = "weight_median/"
+#: The metric prefix of each per-epoch statistic (``analysis.weights.PER_EPOCH``).
+PER_EPOCH_PREFIX = {"mean": WEIGHT_PREFIX, "median": MEDIAN_PREFIX}
+#: Warn when the first epoch carries more than this share of the fixed weights
+#: (``first_epoch_share``): the paper EMA at β = 0.9 does so up to 7 epochs (0.9^6 = 0.53).
+FIRST_EPOCH_SHARE_WARN = 0.5
+#: Warn when, in some epoch up to the one used, the mean-based and the median-based weights,
+#: each normalized to sum 1, differ by more than this for some task (10 points of the total
+#: weight). Steps that agree give gaps of 1e-4 to 1e-2 on the toy; one CAGrad step of weight
+#: 402 among 100 of about 1.5 (a task with a near-zero gradient) gives 0.14.
+MEAN_MEDIAN_GAP_WARN = 0.1
 #: Where the JSON and the plot go among the source run's artifacts.
 ARTIFACT_DIR = "fixed_weights"
 
@@ -43,13 +68,12 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def run_method(run: Run) -> str:
-    return run.data.tags.get("searcher.method") or run.data.params.get("method", "")
+    return from_run(run).method
 
 
 def run_space(run: Run, required: bool = True) -> str:
     """The run's space: the file it was read from (``--space path.yaml``) or its name."""
-    space = (run.data.tags.get("searcher.space_file") or run.data.tags.get("searcher.space")
-             or run.data.params.get("space") or "")
+    space = from_run(run).space
     if required and not space:
         raise ConfigError(f"run {run.info.run_id} names no space (tag searcher.space or param space)")
     return space
@@ -64,23 +88,30 @@ def space_tasks(space_name: str) -> list[str]:
     return build_problem(space.problem, space.problem_options).task_names
 
 
-def weight_history(client: MlflowClient, run: Run) -> tuple[list[str], list[int], list[list[float]]]:
-    """(tasks, epochs, rows): the run's ``weight/<task>`` per epoch (step), tasks in the problem's order.
+def weight_history(
+    client: MlflowClient, run: Run, prefix: str = WEIGHT_PREFIX
+) -> tuple[list[str], list[int], list[list[float]]]:
+    """(tasks, epochs, rows): the run's ``<prefix><task>`` per epoch (step), tasks in the problem's order.
 
-    A run without epochs, or of a method that defines no weights (e.g. PCGrad), is a ConfigError.
+    ``prefix`` is ``weight/`` (the per-epoch mean, `002` §3.5) or ``weight_median/``. A run
+    without epochs, of a method that defines no weights (e.g. PCGrad), or, for the median, one
+    logged before the trainer logged it, is a ConfigError.
     """
     run_id = run.info.run_id
-    keys = [k for k in run.data.metrics if k.startswith(WEIGHT_PREFIX)]
+    keys = [k for k in run.data.metrics if k.startswith(prefix)]
     if not keys:
         method = run_method(run) or "?"
         if not any(k.startswith(("train/", "val/")) for k in run.data.metrics):
-            status = run.data.tags.get("searcher.status", run.info.status)
+            status = from_run(run).status
             raise ConfigError(f"run {run_id} ({method}) logged no epochs (status {status}): nothing to extract")
+        if prefix == MEDIAN_PREFIX and any(k.startswith(WEIGHT_PREFIX) for k in run.data.metrics):
+            raise ConfigError(f"run {run_id} ({method}) logged no {MEDIAN_PREFIX}<task> metrics (it was trained before "
+                              "the trainer logged per-epoch medians): use --per-epoch mean")
         if not _defines_weights(method):
             raise ConfigError(f"run {run_id} logged no task weights: method {method} defines none "
                               "(`searcher methods` lists the methods that do)")
-        raise ConfigError(f"run {run_id} ({method}) logged no {WEIGHT_PREFIX}<task> metrics")
-    logged = {k[len(WEIGHT_PREFIX):] for k in keys}
+        raise ConfigError(f"run {run_id} ({method}) logged no {prefix}<task> metrics")
+    logged = {k[len(prefix):] for k in keys}
     try:
         order = space_tasks(run_space(run, required=False)) if run_space(run, required=False) else []
     except ConfigError:  # a space no longer registered: fall back to the names' order
@@ -89,7 +120,7 @@ def weight_history(client: MlflowClient, run: Run) -> tuple[list[str], list[int]
     per_task: dict[str, dict[int, float]] = {}
     for task in tasks:
         latest: dict[int, tuple[int, float]] = {}
-        for m in client.get_metric_history(run_id, WEIGHT_PREFIX + task):
+        for m in client.get_metric_history(run_id, prefix + task):
             if m.step not in latest or m.timestamp >= latest[m.step][0]:
                 latest[m.step] = (m.timestamp, m.value)
         per_task[task] = {step: value for step, (_, value) in latest.items()}
@@ -108,16 +139,35 @@ def _defines_weights(method: str) -> bool:
         return True
 
 
-def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BETA, epoch: int | None = None) -> dict[str, Any]:
-    """The extraction record of one run (what the JSON file holds)."""
+def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BETA, epoch: int | None = None,
+                     per_epoch: str = "mean", ema: str = "paper") -> dict[str, Any]:
+    """The extraction record of one run (what the JSON file holds).
+
+    ``per_epoch`` ("mean", `002` §3.5, or "median") picks the logged statistic (``weight/`` or
+    ``weight_median/``), ``ema`` ("paper" or "debiased") the EMA (``analysis.weights``). The
+    record names both (``per_epoch_statistic``, ``ema_kind``; ``per_epoch`` and ``ema`` are the
+    per-task trajectories), the first epoch's share of the result, and ``warnings``.
+    """
     check_beta(beta)
+    check_per_epoch(per_epoch)
+    check_ema(ema)
     run = get_run(client, run_id)
-    tasks, epochs, rows = weight_history(client, run)
+    tasks, epochs, rows = weight_history(client, run, PER_EPOCH_PREFIX[per_epoch])
     try:
-        x = extract_fixed_weights(rows, epochs, beta, epoch)
+        x = extract_fixed_weights(rows, epochs, beta, epoch, ema, per_epoch)
     except ConfigError as err:
-        raise ConfigError(f"run {run_id}: {err}") from None
+        hint = (" (the median over the epoch's steps is 0 for every task; use --per-epoch mean)"
+                if per_epoch == "median" and "cannot be normalized" in str(err) else "")
+        raise ConfigError(f"run {run_id}: {err}{hint}") from None
     method = run_method(run)
+    used = x.epochs.index(x.epoch) + 1  # the epochs the EMA at x.epoch has seen
+    warnings = []
+    if x.first_epoch_share > FIRST_EPOCH_SHARE_WARN:
+        warnings.append(_first_epoch_warning(x.first_epoch_share, used, x.epochs[0], beta, ema))
+    if per_epoch == "mean" and any(key.startswith(MEDIAN_PREFIX) for key in run.data.metrics):
+        spikes = _spike_warning(client, run, tasks, x.epochs[:used], rows[:used], beta, ema, x.weights)
+        if spikes:
+            warnings.append(spikes)
 
     def by_task(matrix: Any) -> dict[str, list[float]]:
         return {t: [float(v) for v in matrix[:, i]] for i, t in enumerate(tasks)}
@@ -129,11 +179,15 @@ def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BE
         "method": method,
         "method_params": {k[len(method) + 1:]: v for k, v in run.data.params.items() if method and k.startswith(method + ".")},
         "space": run_space(run, required=False),
-        "status": run.data.tags.get("searcher.status", ""),
+        "status": from_run(run).status,
         "tasks": tasks,
         "beta": float(beta),
+        "per_epoch_statistic": per_epoch,
+        "ema_kind": ema,
         "epoch": int(x.epoch),
         "epochs": [int(e) for e in x.epochs],
+        "first_epoch_share": float(x.first_epoch_share),
+        "warnings": warnings,
         "per_epoch_raw": by_task(x.raw),
         "per_epoch": by_task(x.normalized),
         "ema": by_task(x.ema),
@@ -141,8 +195,61 @@ def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BE
     }
 
 
-def default_out(run_id: str) -> Path:
-    return Path(f"weights-{run_id[:8]}.json")
+def extraction_options(record: Mapping[str, Any]) -> tuple[str, str]:
+    """(per-epoch statistic, EMA kind) of a record; a file written before they were recorded: the paper's."""
+    return str(record.get("per_epoch_statistic") or "mean"), str(record.get("ema_kind") or "paper")
+
+
+def _first_epoch_warning(share: float, k: int, first: int, beta: float, ema: str) -> str:
+    """Warning (a): the first epoch carries ``share`` (> FIRST_EPOCH_SHARE_WARN) of the result after ``k`` epochs."""
+    where = f"epoch {first}" if first == 1 else f"the first logged epoch ({first})"
+    advice = ("train longer, or take a later --epoch" if ema == "debiased" or k == 1
+              else "use --ema debiased (its share would be "
+                   f"{first_epoch_share(k, beta, 'debiased'):.0%}) or a longer run")
+    return (f"{where} carries {share:.0%} of the fixed weights after {k} epoch{'s' if k != 1 else ''} "
+            f"({ema} EMA): {advice}")
+
+
+def _spike_warning(client: MlflowClient, run: Run, tasks: Sequence[str], epochs: Sequence[int],
+                   mean_rows: Sequence[Sequence[float]], beta: float, ema: str, weights: Any) -> str | None:
+    """Warning (b): in some epoch the normalized mean and median weights differ by > MEAN_MEDIAN_GAP_WARN."""
+    try:
+        median_tasks, median_epochs, median_rows = weight_history(client, run, MEDIAN_PREFIX)
+    except ConfigError:
+        return None
+    if sorted(median_tasks) != sorted(tasks):
+        return None
+    by_epoch = {e: [dict(zip(median_tasks, r))[t] for t in tasks] for e, r in zip(median_epochs, median_rows)}
+    common = [i for i, e in enumerate(epochs) if e in by_epoch]
+    if not common:
+        return None
+    gaps = mean_median_gaps([mean_rows[i] for i in common], [by_epoch[epochs[i]] for i in common])
+    over = [(float(g), epochs[i]) for g, i in zip(gaps, common) if g > MEAN_MEDIAN_GAP_WARN]
+    if not over:
+        return None
+    gap, worst = max(over)
+    text = (f"the per-epoch mean and median weights (each normalized to sum 1) differ by more than "
+            f"{MEAN_MEDIAN_GAP_WARN:g} in {len(over)} of {len(common)} epochs (most in epoch {worst}: {gap:.2f}): "
+            "a few steps dominate the mean (spiking weights, e.g. a task with a near-zero gradient); "
+            "consider --per-epoch median")
+    shared = [epochs[i] for i in common]
+    if shared[-1] != epochs[-1]:  # no median at the epoch used: no result to compare with
+        return text
+    try:
+        median = extract_fixed_weights([by_epoch[e] for e in shared], shared, beta, None, ema, "median").weights
+    except ConfigError:
+        return text
+    return (text + " (it gives " + ", ".join(f"{t}={w:.4g}" for t, w in zip(tasks, median))
+            + " instead of " + ", ".join(f"{t}={w:.4g}" for t, w in zip(tasks, weights)) + ")")
+
+
+def default_out(run_id: str, per_epoch: str = "mean", ema: str = "paper") -> Path:
+    """``weights-<run id[:8]>.json``, with ``-median`` / ``-debiased`` for the non-paper options."""
+    return Path(f"weights-{run_id[:8]}{_suffix(per_epoch, ema)}.json")
+
+
+def _suffix(per_epoch: str, ema: str) -> str:
+    return ("-median" if per_epoch == "median" else "") + ("-debiased" if ema == "debiased" else "")
 
 
 def write_record(record: Mapping[str, Any], path: str | Path) -> Path:
@@ -153,8 +260,9 @@ def write_record(record: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def artifact_stem(record: Mapping[str, Any]) -> str:
-    """``weights-beta0.9-epoch10``: extractions with other settings do not overwrite each other."""
-    return f"weights-beta{record['beta']:g}-epoch{record['epoch']}"
+    """``weights-beta0.9-epoch10`` (the paper's options), ``weights-beta0.9-epoch10-median-debiased``
+    (the others): extractions with other settings do not overwrite each other."""
+    return f"weights-beta{record['beta']:g}-epoch{record['epoch']}{_suffix(*extraction_options(record))}"
 
 
 def log_to_source(client: MlflowClient, record: Mapping[str, Any]) -> list[str]:
@@ -171,11 +279,12 @@ def log_to_source(client: MlflowClient, record: Mapping[str, Any]) -> list[str]:
 
 
 def extract_weights(uri: str, run_id: str, beta: float = DEFAULT_BETA, epoch: int | None = None,
-                    out: str | Path | None = None) -> tuple[dict[str, Any], Path, list[str]]:
+                    out: str | Path | None = None, per_epoch: str = "mean",
+                    ema: str = "paper") -> tuple[dict[str, Any], Path, list[str]]:
     """``searcher extract-weights``: (record, JSON file written, artifacts logged to the source run)."""
     client = open_client(uri)
-    record = extract_from_run(client, run_id, beta, epoch)
-    path = write_record(record, out or default_out(run_id))
+    record = extract_from_run(client, run_id, beta, epoch, per_epoch, ema)
+    path = write_record(record, out or default_out(run_id, per_epoch, ema))
     return record, path, log_to_source(client, record)
 
 

@@ -13,6 +13,8 @@ from matplotlib.ticker import MaxNLocator
 def plot_weight_trajectories(record: Mapping[str, Any], path: str | Path) -> Path:
     """Per task: the per-epoch normalized weights (dots), their EMA (line), the epoch used and the fixed weight.
 
+    The title names the per-epoch statistic and the EMA kind when they are not `002`'s (mean, paper).
+
     ``record`` is what ``analysis.extract.extract_from_run`` returns.
     """
     tasks = list(record["tasks"])
@@ -35,9 +37,12 @@ def plot_weight_trajectories(record: Mapping[str, Any], path: str | Path) -> Pat
     ax.set_ylabel("weight (normalized to sum 1 over tasks)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    # the options beyond `002` (per-epoch median, debiased EMA), named only when used
+    statistic, kind = record.get("per_epoch_statistic") or "mean", record.get("ema_kind") or "paper"
+    options = ("" if statistic == "mean" else f", per-epoch {statistic}") + ("" if kind == "paper" else f", {kind}")
     ax.set_title(
         f"Fixed weights from {record.get('method') or '?'} (run {str(record['source_run_id'])[:8]}, "
-        f"{record.get('space') or '?'}): EMA β={record['beta']:g}, epoch {used}",
+        f"{record.get('space') or '?'}): EMA β={record['beta']:g}{options}, epoch {used}",
         fontsize=10,
     )
     ax.legend(fontsize=7, ncol=2 if len(tasks) <= 4 else 3, loc="best")

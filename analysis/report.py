@@ -1,108 +1,93 @@
-"""``searcher report``: the tables and figures of a finished study, from its MLflow experiment.
+"""``searcher report``: the tables of a finished study, from its MLflow experiment, that cannot mislead.
 
-What it reads: every run of the experiment (search parents and earlier reports aside), its
-params (the configuration), tags (method, trained task of ``single_task``, status, rerun
-source) and ``best/*`` metrics: ``best/val_score`` selects, ``best/test/<task>/<metric>`` (the
-test metrics at the best validation epoch) is what is reported, as `002` §3 does.
+What it reads: every run of the experiment through ``searcher.run_record`` (the one schema of
+a run): its params (the configuration), tags (method, trained task of ``single_task``, status,
+rerun and weights source) and ``best/*`` metrics: ``best/val_score`` selects,
+``best/test/<task>/<metric>`` (the test metrics at the best validation epoch) is what is
+reported, as `002` §3 does. The launches' parent runs say which methods were requested and
+with what budget.
 
 What it builds, following the protocol of `002` §3 ("train each configuration once, select
-the best validation result, retrain it with more seeds, report test metrics"):
+the best validation result, retrain it with more seeds, report test metrics"), and the fairness
+rule of SPEC ("references come from runs trained on the same problem options, data, split and
+epoch budget; every verdict carries its number of seeds and an interval"):
 
-- Configurations: the runs of one method (``single_task`` split per trained task) with the
-  same params up to the seed (``seed``, ``run_index``, ``repeat``) and device settings; a run tagged
-  ``searcher.confirm_of=<run id>`` joins the configuration of that run. Per method the best
-  configuration is the one with the highest mean ``best/val_score`` over its own search runs
-  (confirmation runs do not take part in the choice, so confirming cannot unselect it); its
-  test metrics are reported as mean and sample standard deviation over all its finished runs.
-- Δm (`002` eq. 1) and mean rank MR (`002` eq. 2) of the methods' best configurations
-  (``analysis.ranking``), against single-task references: the best ``single_task``
-  configuration of each task in the experiment, or a JSON file (``--stl``).
-- Fixed-weight reruns (``searcher rerun``, tag ``searcher.role=rerun``) beside their source
-  SMTO and EW, as `002` Table 2.
-- The Pareto front over the test metrics of all finished multi-task runs and the number of
-  Pareto-optimal runs per method and per optimizer (`003` Tables 2 and A2, ``analysis.pareto``).
-- Figures (``analysis.report_plots``) and the weight trajectories of each SMTO's best run.
+- Comparable groups: runs are grouped by ``run_record.Comparability`` (problem, its options,
+  data source, max epochs). Every table is per group and says which; single-task references
+  are taken only from the same group, and a reference from another group (or a ``--stl`` file
+  measured on something else) is refused with a line saying why.
+- Configurations: the runs of one row (a method; ``single_task`` per trained task; reruns per
+  weights source) with the same params up to the seed; a run tagged ``searcher.confirm_of``
+  joins the configuration of that run. Per row the best configuration is the one with the
+  highest mean ``best/val_score`` over its own search runs (confirmations do not take part in
+  the choice); its numbers are over all its finished runs: mean, std, 95% t-interval, seeds
+  (``analysis.uncertainty``), a Welch test against EW's best configuration, and rows with
+  fewer than 3 seeds flagged.
+- Δm (`002` eq. 1) and MR (`002` eq. 2, with its spread over seed resamples).
+- Budget curves (Dodge et al. 2019, ``analysis.budget``): the expected best validation score
+  and the test Δm of that best after n trials, per method.
+- Every requested method, with its trial counts (finished, pruned, diverged, failed) and cost
+  (seconds per epoch, compute of its runs), and why it has no result where it has none.
+- Fixed-weight reruns beside their source SMTO and EW (`002` Table 2), with where the weights
+  came from (run, method, β, epoch) and the configuration they trained with.
+- The Pareto front over configurations (`003` Tables 2 and A2, ``analysis.pareto``): seed
+  repeats averaged into one point, runs the scheduler stopped early left out (counted apart).
 
 Runs that diverged, failed or never finished are listed as such and left out of every mean,
-selection and front. Everything is written to a folder and logged as one MLflow run of the
-experiment (run name ``report``, tag ``searcher.role=report``) with all files as artifacts.
+selection and front. Writing the files and logging them to MLflow: ``analysis.report_files``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis import pareto, ranking
+from analysis import budget, pareto, ranking, uncertainty
 from analysis.extract import open_client, weight_history
+from analysis.uncertainty import Summary
+from searcher.run_record import (SEED_PARAMS, STL, Comparability, Role, RunRecord, Status, arm_key, from_run, load_records,
+                                 trainings)
 from trainables.errors import ConfigError
 
-#: Statuses of runs whose metrics count (ASHA's stopped runs are finished runs of a smaller budget).
-FINISHED = ("completed", "stopped_early")
-#: Params that do not change what a configuration is: repeats of it differ only in these.
-SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads")
-#: Runs of these roles are not trials (a search's parent run, an earlier report).
-SKIPPED_ROLES = ("search", "report")
 #: Methods that are references rather than SMTOs: no weight trajectories for them.
-NOT_SMTO = ("ew", "fixed", "single_task")
-TEST_PREFIX = "best/test/"
-REPORT_ROLE = "report"
+NOT_SMTO = ("ew", "fixed", STL)
+#: The method every verdict compares with (`002`'s unitary scalarization).
+BASELINE = "ew"
 
 
-# ------------------------------------------------------------------ runs and configurations
-
-
-@dataclass
-class RunRecord:
-    """What the report needs of one MLflow run."""
-
-    run_id: str
-    run_name: str
-    method: str
-    #: The row it belongs to: the method, ``single_task[<task>]``, ``fixed[<source method>]`` for a rerun.
-    label: str
-    status: str
-    reason: str
-    params: dict[str, str]
-    optimizer: str
-    val_score: float
-    #: ``best/test/<task>/<metric>`` as {task: {metric: value}} (NaN where not logged).
-    test: dict[str, dict[str, float]]
-    rerun_of: str | None = None
-    confirm_of: str | None = None
-    key: tuple = ()
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def is_single_task(self) -> bool:
-        return self.method == "single_task"
+# ------------------------------------------------------------------ configurations
 
 
 @dataclass
 class Configuration:
-    """The runs of one method with one set of hyperparameters (repeats differ only in the seed)."""
+    """The runs of one row with one set of hyperparameters (repeats differ only in the seed)."""
 
     label: str
     key: tuple
     runs: list[RunRecord] = field(default_factory=list)
 
     @property
+    def first(self) -> RunRecord:
+        return self.runs[0]
+
+    @property
     def finished(self) -> list[RunRecord]:
         return [r for r in self.runs if r.finished]
+
+    @property
+    def completed(self) -> list[RunRecord]:
+        """The runs trained to the last epoch (what a Pareto point averages)."""
+        return [r for r in self.runs if r.completed]
 
     @property
     def excluded(self) -> list[RunRecord]:
@@ -123,8 +108,11 @@ class Configuration:
     def best_run(self) -> RunRecord:
         return max(self.finished, key=lambda r: r.val_score)
 
+    def values(self, task: str, metric: str, runs: Sequence[RunRecord] | None = None) -> list[float]:
+        return [r.test(task, metric) for r in (self.finished if runs is None else runs)]
+
     def mean_std(self, task: str, metric: str) -> tuple[float, float]:
-        return mean_std([r.test[task][metric] for r in self.finished])
+        return mean_std(self.values(task, metric))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -136,75 +124,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def open_experiment(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        known = sorted(e.name for e in client.search_experiments())
-        raise ConfigError(f"no experiment {name!r} in the MLflow store {client.tracking_uri} "
-                          f"(experiments: {', '.join(known) or 'none'})")
-    return experiment.experiment_id
-
-
-def load_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    """Every active run of the experiment, oldest first (MLflow pages at 1000)."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def run_status(run: Run) -> tuple[str, str]:
-    """(status, reason): the ``searcher.status`` tag, else what MLflow knows of the run."""
-    tags = run.data.tags
-    status = tags.get("searcher.status")
-    reason = tags.get("searcher.diverged_reason", "")
-    if status is None:
-        mlflow_status = run.info.status
-        status = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed"}.get(mlflow_status, "running")
-        if status != "completed":
-            reason = f"no searcher.status tag; MLflow status {mlflow_status}"
-    elif status == "running" and not reason:
-        reason = "no final status: still running, or its search stopped before it ended"
-    if status in FINISHED and not math.isfinite(run.data.metrics.get("best/val_score", math.nan)):
-        return "failed", "no best/val_score logged"
-    return status, reason
-
-
-def run_record(run: Run, directions: Mapping[str, Mapping[str, bool]], first_task: str) -> RunRecord:
-    tags, params, metrics = run.data.tags, dict(run.data.params), run.data.metrics
-    method = tags.get("searcher.method") or params.get("method", "")
-    label = method
-    rerun_of = None
-    if method == "single_task":
-        label = f"single_task[{tags.get('searcher.task') or params.get('single_task.task') or first_task}]"
-    if tags.get("searcher.role") == "rerun" or tags.get("searcher.source_run"):
-        rerun_of = tags.get("searcher.source_run")
-        label = f"{method}[{tags.get('searcher.source_method', '?')}]"
-    status, reason = run_status(run)
-    test = {t: {m: float(metrics.get(f"{TEST_PREFIX}{t}/{m}", math.nan)) for m in ms} for t, ms in directions.items()}
-    key = (label, tuple(sorted((k, v) for k, v in params.items() if k not in SEED_PARAMS)))
-    return RunRecord(
-        run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id[:8], method=method, label=label,
-        status=status, reason=reason, params=params, optimizer=params.get("optimizer", "?"),
-        val_score=float(metrics.get("best/val_score", math.nan)), test=test, rerun_of=rerun_of,
-        confirm_of=tags.get("searcher.confirm_of"), key=key,
-    )
-
-
 def group_configurations(records: Sequence[RunRecord]) -> list[Configuration]:
     """Runs with equal params up to the seed form a configuration; ``confirm_of`` joins the confirmed run's."""
-    by_id = {r.run_id: r for r in records}
+    keys = {r.run_id: r.configuration_key() for r in records}
     groups: dict[tuple, Configuration] = {}
     for record in records:
-        target = by_id.get(record.confirm_of or "")
-        if target is not None:
-            record.key = target.key
-        groups.setdefault(record.key, Configuration(record.label, record.key)).runs.append(record)
+        key = keys.get(record.confirm_of or "", keys[record.run_id])
+        groups.setdefault(key, Configuration(record.label, key)).runs.append(record)
     return list(groups.values())
 
 
@@ -222,49 +148,103 @@ def best_configurations(configurations: Sequence[Configuration]) -> dict[str, Co
 
 def describe_configuration(config: Configuration, varying: set[str]) -> str:
     """The hyperparameters that tell this configuration apart: the method's own and those that vary in the experiment."""
-    params = config.runs[0].params
-    method = config.runs[0].method
+    params = config.first.params
+    method = config.first.method
     keys = [k for k in sorted(params) if k not in SEED_PARAMS and (k in varying or k.startswith(method + "."))
-            and not (k.startswith("single_task.") or k == "method")]
-    return " ".join(f"{k}={params[k]}" for k in keys)
+            and not (k.startswith(STL + ".") or k == "method")]
+    return " ".join(f"{k}={short_value(params[k])}" for k in keys)
 
 
-# ------------------------------------------------------------------ problem and references
+def short_value(value: str) -> str:
+    """A logged float to 4 significant digits (``0.0074471449040830725`` -> ``0.007447``); other values as logged."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if "." not in value and "e" not in value.lower():
+        return value  # an integer
+    return f"{number:.4g}"
 
 
-def run_space_id(run: Run) -> str:
-    """Where a run's space comes from: its space file (``searcher.space_file``), else its space's name."""
-    tags = run.data.tags
-    return tags.get("searcher.space_file") or tags.get("searcher.space") or run.data.params.get("space", "")
+def varying_params(records: Sequence[RunRecord]) -> set[str]:
+    values: dict[str, set[str]] = {}
+    for r in records:
+        for k, v in r.params.items():
+            values.setdefault(k, set()).add(v)
+    return {k for k, v in values.items() if len(v) > 1 and "." not in k and k not in SEED_PARAMS}
 
 
-def experiment_problem(space_ids: Sequence[str]) -> tuple[str, str, dict[str, dict[str, bool]]]:
-    """(spaces, problem name, metric directions) of the runs' spaces (names or files); one problem per report.
+# ------------------------------------------------------------------ problem and comparability
 
-    The directions come from the problem (``Problem.higher_is_better``), never from the numbers.
-    """
+
+@dataclass(frozen=True)
+class ProblemInfo:
+    """The experiment's problem as the report needs it."""
+
+    spaces: str
+    name: str
+    directions: dict[str, dict[str, bool]]
+    #: Problem options that define what a run is comparable with (not searched, not common).
+    option_keys: tuple[str, ...]
+    problem: Any
+
+    def source_keys(self, data_source: str) -> tuple[str, ...]:
+        return tuple(self.problem.source_option(data_source)) if data_source else ()
+
+    def key(self, record: RunRecord) -> Comparability:
+        key = record.comparability(self.option_keys, self.source_keys(record.data_source))
+        # every run's space has this problem (checked): a run that does not tag it has it too
+        return key if record.problem else dataclasses.replace(key, problem=self.name)
+
+
+def experiment_problem(space_ids: Sequence[str]) -> ProblemInfo:
+    """The problem of the runs' spaces (names or files), one per report; its metric directions
+    come from the problem (``Problem.higher_is_better``), never from the numbers."""
     from spaces import get_space
+    from trainables.config import COMMON
     from trainables.problems import build_problem
 
     ids = sorted({s for s in space_ids if s})
     if not ids:
         raise ConfigError("no run of the experiment names its space (tag searcher.space): cannot tell the metrics' directions")
-    found: dict[str, tuple[str, dict[str, dict[str, bool]]]] = {}
+    found: dict[str, tuple[Any, dict[str, dict[str, bool]]]] = {}
+    searched: set[str] = set()
     for identifier in ids:
         space = get_space(identifier)
         problem = build_problem(space.problem, space.problem_options)
-        found[space.name] = (problem.name, problem.higher_is_better())
+        found[space.name] = (problem, problem.higher_is_better())
+        searched |= set(space.common)
     names = sorted(found)
     first = names[0]
     for name in names[1:]:
         if found[name][1] != found[first][1]:
             raise ConfigError(f"the experiment mixes spaces with different tasks ({first}: {', '.join(found[first][1])}; "
                               f"{name}: {', '.join(found[name][1])}): report one problem per experiment")
-    return ", ".join(names), found[first][0], found[first][1]
+    problem, directions = found[first]
+    options = tuple(sorted(k for k in problem.defaults if k not in COMMON and k not in searched))
+    return ProblemInfo(", ".join(names), problem.name, directions, options, problem)
 
 
-def read_stl_file(path: str | Path, directions: Mapping[str, Mapping[str, bool]]) -> dict[str, dict[str, float]]:
-    """Single-task references from a JSON file ``{task: {metric: value}}``; anything else is a one-line ConfigError."""
+# ------------------------------------------------------------------ references
+
+
+@dataclass(frozen=True)
+class StlFile:
+    """Single-task references from a file: the values and what they were measured on."""
+
+    path: str
+    values: dict[str, dict[str, float]]
+    #: ``measured_on``: problem, data_source, max_epochs, options (any subset); None if the file does not say.
+    measured_on: dict[str, Any] | None
+
+
+def read_stl_file(path: str | Path, directions: Mapping[str, Mapping[str, bool]]) -> StlFile:
+    """``{task: {metric: value}, "measured_on": {...}}``; anything else is a one-line ConfigError.
+
+    ``measured_on`` (optional) says what the values were measured on: ``problem``,
+    ``data_source``, ``max_epochs`` and ``options`` (a mapping); the report refuses the file for
+    a group that differs in any of them, and marks the file unchecked when it says nothing.
+    """
     where = f"single-task reference file {path}"
     try:
         data = json.loads(Path(path).read_text())
@@ -273,7 +253,15 @@ def read_stl_file(path: str | Path, directions: Mapping[str, Mapping[str, bool]]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{where}: not JSON ({str(err).splitlines()[0]})") from None
     expected = "; ".join(f"{t}: {', '.join(ms)}" for t, ms in directions.items())
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected {{task: {{metric: value}}}} (tasks and metrics: {expected})")
+    measured_on = data.pop("measured_on", None)
+    if measured_on is not None:
+        known = {"problem", "data_source", "max_epochs", "options"}
+        if not isinstance(measured_on, dict) or set(measured_on) - known or not isinstance(measured_on.get("options", {}), dict):
+            raise ConfigError(f"{where}: \"measured_on\" must be a mapping of {', '.join(sorted(known))} "
+                              "(options: a mapping of problem options)")
+    if not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{where}: expected {{task: {{metric: value}}}} (tasks and metrics: {expected})")
     for task, values in data.items():
         if task not in directions:
@@ -285,25 +273,389 @@ def read_stl_file(path: str | Path, directions: Mapping[str, Mapping[str, bool]]
         ranking.check_reference(data, directions)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-    return {t: {m: float(data[t][m]) for m in ms} for t, ms in directions.items()}
+    return StlFile(str(path), {t: {m: float(data[t][m]) for m in ms} for t, ms in directions.items()}, measured_on)
 
 
-def references_from_runs(
-    best: Mapping[str, Configuration], directions: Mapping[str, Mapping[str, bool]]
-) -> tuple[dict[str, dict[str, float]], dict[str, Configuration], list[str]]:
-    """Each task's reference: the test metrics of its best ``single_task`` configuration (mean over seeds).
+def stl_mismatch(stl: StlFile, key: Comparability) -> list[str]:
+    """What the file's ``measured_on`` says that differs from the group ``key``."""
+    said = stl.measured_on or {}
+    out = []
+    for name in ("problem", "data_source", "max_epochs"):
+        if name in said and str(said[name]) != getattr(key, name):
+            out.append(f"{name} {said[name]} (not {getattr(key, name)})")
+    options = dict(key.options)
+    for option, value in (said.get("options") or {}).items():
+        if option in options and str(value) != options[option]:
+            out.append(f"{option}={value} (not {options[option]})")
+    return out
 
-    Returns (references of the tasks that have one, their configurations, the tasks without one).
-    """
-    references, used, missing = {}, {}, []
+
+@dataclass
+class References:
+    """The single-task references of one group, where they come from, and what was refused."""
+
+    values: dict[str, dict[str, float]] | None
+    source: str
+    configurations: dict[str, Configuration] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+
+def group_references(key: Comparability, best: Mapping[str, Configuration], elsewhere: Mapping[Comparability, Mapping[str, Configuration]],
+                     directions: Mapping[str, Mapping[str, bool]], stl: StlFile | None) -> References:
+    """The references of the group ``key``: the ``--stl`` file if it matches the group, else the
+    best ``single_task`` configuration of each task in the group (mean over its seeds). Single-task
+    runs of other groups are never used; each is named with what differs."""
+    refused = []
+    for other, configs in elsewhere.items():
+        if other == key:
+            continue
+        for label, config in configs.items():
+            if config.first.is_single_task:
+                refused.append(f"{label} ({len(config.finished)} run(s), best {config.best_run.run_name}) trained on "
+                               + "; ".join(key.differences(other)))
+    if stl is not None:
+        mismatch = stl_mismatch(stl, key)
+        if mismatch:
+            refused.insert(0, f"file {stl.path} was measured on " + "; ".join(mismatch))
+            return References(None, f"none: the file {stl.path} does not match this group (see refused); Δm is left out",
+                              refused=refused)
+        said = (f"measured on {', '.join(f'{k} {v}' for k, v in stl.measured_on.items())}" if stl.measured_on
+                else "it does not say what it was measured on (no \"measured_on\"): not checked against this group")
+        return References(stl.values, f"file {stl.path} ({said})", refused=refused)
+    used, missing = {}, []
+    values: dict[str, dict[str, float]] = {}
     for task, metrics in directions.items():
-        config = best.get(f"single_task[{task}]")
+        config = best.get(arm_key(STL, task))
         if config is None:
             missing.append(task)
             continue
-        references[task] = {m: config.mean_std(task, m)[0] for m in metrics}
+        values[task] = {m: config.mean_std(task, m)[0] for m in metrics}
         used[task] = config
-    return references, used, missing
+    if missing:
+        return References(None, f"none: no finished single_task run for task(s) {', '.join(missing)} in this group "
+                          "(train single_task on them with the same set-up, or pass --stl FILE); Δm is left out",
+                          used, refused)
+    source = "the best single_task configuration of each task in this group (" + ", ".join(
+        f"{t}: {c.best_run.run_name}, {len(c.finished)} seed(s)" for t, c in used.items()) + ")"
+    try:
+        ranking.check_reference(values, directions)
+    except ConfigError as err:
+        return References(None, source + f"; unusable ({err}), Δm is left out", used, refused)
+    return References(values, source, used, refused)
+
+
+def run_delta_m(record: RunRecord, references: Mapping[str, Mapping[str, float]],
+                directions: Mapping[str, Mapping[str, bool]]) -> float:
+    return ranking.delta_m_table({record.run_id: record.test_table(directions)}, references, directions)[record.run_id]
+
+
+# ------------------------------------------------------------------ one comparable group
+
+
+@dataclass
+class GroupReport:
+    """Every table of one comparable group."""
+
+    index: int
+    key: Comparability
+    records: list[RunRecord]
+    configurations: list[Configuration]
+    best: dict[str, Configuration]
+    references: References
+    summary: pd.DataFrame
+    fixed: pd.DataFrame
+    pareto_configs: pd.DataFrame
+    pareto_methods: pd.DataFrame
+    pareto_optimizers: pd.DataFrame
+    budget: pd.DataFrame
+    weights: dict[str, dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return f"group {self.index}"
+
+    @property
+    def describe(self) -> str:
+        return self.key.describe()
+
+    @property
+    def suffix(self) -> str:
+        """File-name suffix of the group's figures: none for the first group."""
+        return "" if self.index == 1 else f"-g{self.index}"
+
+
+def summary_table(best: Mapping[str, Configuration], directions: Mapping[str, Mapping[str, bool]],
+                  references: Mapping[str, Mapping[str, float]] | None, varying: set[str],
+                  cost: Mapping[str, tuple[float, float]]) -> pd.DataFrame:
+    """One row per row label's best configuration: test metrics and Δm over seeds (mean, std,
+    95% t-interval), seeds (flagged under 3), MR with its spread over seed resamples, the verdict
+    against EW's best configuration (Welch, 0.05; on Δm, or on the validation score without
+    references), and the row's cost (seconds per epoch, compute of all its runs).
+
+    Multi-task rows first (by Δm, else by MR), then the single-task rows, which show only the
+    metrics of the task they trained. Fixed-weight reruns have their own table.
+    """
+    multi = {label: c for label, c in best.items() if not c.first.is_single_task and not c.first.is_rerun}
+    single = {label: c for label, c in best.items() if c.first.is_single_task}
+    table = {label: {t: {m: c.mean_std(t, m)[0] for m in ms} for t, ms in directions.items()} for label, c in multi.items()}
+    ranks = ranking.mean_rank(table, directions) if table else {}
+    columns = [(t, m) for t, ms in directions.items() for m in ms]
+    hib = [directions[t][m] for t, m in columns]
+    task_index = {t: i for i, t in enumerate(directions)}
+    samples = {label: np.array([[r.test(t, m) for t, m in columns] for r in c.finished]) for label, c in multi.items()}
+    spread = uncertainty.bootstrap_mean_rank(samples, hib, [task_index[t] for t, _ in columns]) if len(multi) > 1 else {}
+
+    def per_run_dm(config: Configuration) -> list[float]:
+        return [run_delta_m(r, references, directions) for r in config.finished] if references is not None else []
+
+    baseline = multi.get(BASELINE)
+    base_dm = per_run_dm(baseline) if baseline is not None else []
+    base_val = [r.val_score for r in baseline.finished] if baseline is not None else []
+    rows = []
+    for label, config in [*multi.items(), *single.items()]:
+        trained = config.first.task
+        val = uncertainty.summarize([r.val_score for r in config.finished])
+        row: dict[str, Any] = {
+            "method": label, "kind": "single-task" if trained else "multi-task",
+            "configuration": describe_configuration(config, varying), "seeds": len(config.finished),
+            "few_seeds": len(config.finished) < uncertainty.MIN_SEEDS,
+            "excluded_runs": len(config.excluded), **_summary_columns("val_score", val),
+        }
+        for task, metrics in directions.items():
+            for metric in metrics:
+                values = config.values(task, metric) if trained in (None, task) else []
+                row.update(_summary_columns(f"{task}/{metric}", uncertainty.summarize(values), std_suffix=" std"))
+        dms = per_run_dm(config) if not trained else []
+        row.update(_summary_columns("delta_m", uncertainty.summarize(dms)))
+        row["mean_rank"] = ranks.get(label, math.nan)
+        mr = spread.get(label)
+        row["mean_rank_std"] = mr.std if mr else math.nan
+        row["mean_rank_ci_low"], row["mean_rank_ci_high"] = (mr.low, mr.high) if mr else (math.nan, math.nan)
+        if trained:
+            verdict, basis = uncertainty.Verdict(""), ""
+        elif baseline is None:
+            verdict, basis = uncertainty.Verdict(f"no {BASELINE} in this group"), ""
+        elif label == BASELINE:
+            verdict, basis = uncertainty.Verdict("baseline"), ""
+        elif references is not None:
+            verdict, basis = uncertainty.compare(dms, base_dm), "Δm"
+        else:
+            verdict, basis = uncertainty.compare([r.val_score for r in config.finished], base_val), "val score"
+        row["vs_ew"], row["vs_ew_p"], row["vs_ew_on"] = verdict.outcome, verdict.p_value, basis
+        row["s_per_epoch"], row["compute_s"] = cost.get(label, (math.nan, math.nan))
+        row["best_run_id"] = config.best_run.run_id
+        row["run_ids"] = " ".join(r.run_id for r in config.finished)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    order = frame["kind"].eq("single-task").astype(int)
+    frame = frame.assign(_kind=order, _dm=-frame["delta_m"].fillna(-math.inf), _mr=frame["mean_rank"].fillna(math.inf))
+    return frame.sort_values(["_kind", "_dm", "_mr", "method"]).drop(columns=["_kind", "_dm", "_mr"]).reset_index(drop=True)
+
+
+def _summary_columns(name: str, s: Summary, std_suffix: str = "_std") -> dict[str, float]:
+    return {name: s.mean, f"{name}{std_suffix}": s.std, f"{name}_ci_low": s.low, f"{name}_ci_high": s.high}
+
+
+def fixed_weights_table(client: MlflowClient, configurations: Sequence[Configuration], best: Mapping[str, Configuration],
+                        directions: Mapping[str, Mapping[str, bool]], references: Mapping[str, Mapping[str, float]] | None,
+                        summary: pd.DataFrame, varying: set[str]) -> pd.DataFrame:
+    """`002` Table 2: each set of fixed-weight reruns beside its source SMTO run's configuration and the
+    best EW, with where its weights came from and the configuration it trained with."""
+    reruns = [c for c in configurations if c.first.is_rerun]
+    if not reruns:
+        return pd.DataFrame()
+    config_of = {r.run_id: c for c in configurations for r in c.runs}
+
+    def dms(runs: Sequence[RunRecord]) -> list[float]:
+        return [run_delta_m(r, references, directions) for r in runs if r.finished] if references is not None else []
+
+    ew = best.get(BASELINE)
+    ew_dm = dms(ew.runs) if ew is not None else []
+    multi = summary[summary["kind"] == "multi-task"] if not summary.empty else summary
+    smtos = multi[~multi["method"].isin(["ew", "fixed"])] if not multi.empty else multi
+    top = smtos.sort_values("delta_m", ascending=False).iloc[0] if not smtos.empty and smtos["delta_m"].notna().any() else None
+    rows = []
+    for config in reruns:
+        first = config.first
+        source_id = first.rerun_of or ""
+        source_config = config_of.get(source_id)
+        if source_config is not None:
+            source_runs = source_config.finished
+            source_name = next(r.run_name for r in source_config.runs if r.run_id == source_id)
+            source_described = describe_configuration(source_config, varying)
+        else:  # the source lives in another experiment (or another group): its own run only
+            try:
+                record = from_run(client.get_run(source_id))
+            except MlflowException:  # a deleted source leaves the row without it
+                record = None
+            source_runs = [record] if record is not None and record.finished else []
+            source_name = record.run_name if record is not None else "?"
+            source_described = "(in another experiment)" if record is not None else "?"
+        fixed = uncertainty.summarize(dms(config.runs))
+        source = uncertainty.summarize(dms(source_runs))
+        base = uncertainty.summarize(ew_dm)
+        verdict = uncertainty.compare(dms(config.runs), ew_dm) if ew is not None and references is not None else \
+            uncertainty.Verdict(f"no {BASELINE} in this group" if ew is None else "no Δm")
+        weights = first.weights
+        row: dict[str, Any] = {
+            "method": config.label, "source_method": first.rerun_method, "source_run_id": source_id,
+            "source_run": source_name, "source_configuration": source_described,
+            "weights_from": weights.describe() if weights else "?",
+            "weights_run_id": weights.run_id if weights else "", "weights_method": weights.method if weights else "",
+            "weights_beta": weights.beta if weights else "", "weights_epoch": weights.epoch if weights else "",
+            "weights": first.params.get("fixed.weights", ""), "seeds": len(config.finished),
+            "few_seeds": len(config.finished) < uncertainty.MIN_SEEDS, "excluded_runs": len(config.excluded),
+            "ew_delta_m": base.mean, "ew_delta_m_std": base.std, "ew_seeds": base.n,
+            **_summary_columns("fixed_delta_m", fixed),
+            "source_delta_m": source.mean, "source_delta_m_std": source.std, "source_seeds": len(source_runs),
+            "vs_ew": verdict.outcome, "vs_ew_p": verdict.p_value,
+            "best_smto": top["method"] if top is not None else "",
+            "best_smto_delta_m": top["delta_m"] if top is not None else math.nan,
+        }
+        for task, metrics in directions.items():
+            for metric in metrics:
+                row[f"{task}/{metric}"], row[f"{task}/{metric} std"] = config.mean_std(task, metric)
+        row["run_ids"] = " ".join(r.run_id for r in config.finished)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pareto_tables(configurations: Sequence[Configuration], directions: Mapping[str, Mapping[str, bool]],
+                  varying: set[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The Pareto front over configurations (`003` Tables 2 and A2): each multi-task configuration is
+    one point, the mean of its completed runs' test metrics (seed repeats averaged, with their
+    std); runs stopped early by the scheduler are left out (counted in ``pruned_runs``), so are
+    single-task runs (their other heads are untrained). Counts per row label and per optimizer."""
+    columns = [f"{t}/{m}" for t, ms in directions.items() for m in ms]
+    hib = [h for ms in directions.values() for h in ms.values()]
+    rows = []
+    for config in configurations:
+        if config.first.is_single_task or not config.finished:
+            continue
+        done = config.completed
+        row: dict[str, Any] = {"label": config.label, "configuration": describe_configuration(config, varying),
+                               "optimizer": config.first.optimizer, "runs": len(done),
+                               "pruned_runs": sum(r.status == Status.STOPPED_EARLY for r in config.runs),
+                               "val_score": statistics.fmean([r.val_score for r in done]) if done else math.nan}
+        for task, metrics in directions.items():
+            for metric in metrics:
+                row[f"{task}/{metric}"], row[f"{task}/{metric} std"] = mean_std(config.values(task, metric, done))
+        row["run_ids"] = " ".join(r.run_id for r in done)
+        row["run_names"] = " ".join(r.run_name for r in done)
+        rows.append(row)
+    base = ["label", "configuration", "optimizer", "runs", "pruned_runs", "val_score"]
+    frame = pd.DataFrame(rows, columns=[*base, *[c for col in columns for c in (col, f"{col} std")], "run_ids", "run_names"])
+    values = frame[columns].to_numpy(dtype=float).reshape(len(frame), len(columns))
+    frame["comparable"] = (frame["runs"] > 0).to_numpy() & np.isfinite(values).all(axis=1)
+    frame["pareto_optimal"] = pareto.non_dominated(np.where(frame["comparable"].to_numpy()[:, None], values, np.nan), hib)
+    valid = frame[frame["comparable"]]
+    by_method = pareto.pareto_counts(valid["label"].tolist(), valid["pareto_optimal"].to_numpy(bool))
+    by_method = by_method.rename(columns={"group": "method", "runs": "configurations"})
+    pruned = frame.groupby("label", sort=False)["pruned_runs"].sum()
+    by_method["pruned_runs"] = by_method["method"].map(pruned).fillna(0).astype(int)
+    by_optimizer = pareto.optimizer_counts(valid[columns].to_numpy(dtype=float), valid["optimizer"].tolist(), hib)
+    return frame, by_method, by_optimizer.rename(columns={"runs": "configurations"})
+
+
+def budget_table(records: Sequence[RunRecord], references: Mapping[str, Mapping[str, float]] | None,
+                 directions: Mapping[str, Mapping[str, bool]]) -> pd.DataFrame:
+    """Budget curves (``analysis.budget``) of every multi-task method's search trials: its finished
+    runs that are neither confirmations nor reruns, each one trial spent."""
+    trials = [r for r in records if r.finished and not r.is_single_task and not r.is_rerun and r.confirm_of is None]
+    if not trials:
+        return pd.DataFrame()
+    frame = pd.DataFrame({
+        "method": [r.label for r in trials], "val_score": [r.val_score for r in trials],
+        "test_delta_m": [run_delta_m(r, references, directions) if references is not None else math.nan for r in trials],
+    })
+    return budget.budget_curves(frame)
+
+
+def smto_weight_histories(client: MlflowClient, best: Mapping[str, Configuration], notes: list[str]) -> dict[str, dict[str, Any]]:
+    """The per-epoch ``weight/<task>`` of each SMTO's best run (the best configuration's best seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, config in best.items():
+        first = config.first
+        if first.method in NOT_SMTO or first.is_rerun:
+            continue
+        run = config.best_run
+        try:
+            tasks, epochs, rows = weight_history(client, client.get_run(run.run_id))
+        except ConfigError as err:
+            notes.append(f"no weight trajectory for {label}: {err}")
+            continue
+        out[label] = {"run_name": run.run_name, "run_id": run.run_id, "tasks": tasks, "epochs": epochs, "rows": rows}
+    return out
+
+
+# ------------------------------------------------------------------ every method, its trials and cost
+
+
+def cost_of(runs: Sequence[RunRecord]) -> tuple[float, float]:
+    """(seconds per epoch, seconds in all) over ``runs`` (every run that trained, whatever its end)."""
+    timed = [r for r in runs if math.isfinite(r.seconds) and r.epochs > 0]
+    seconds = sum(r.seconds for r in timed)
+    epochs = sum(r.epochs for r in timed)
+    return (seconds / epochs if epochs else math.nan), (seconds if timed else math.nan)
+
+
+def requested_arms(searches: Sequence[RunRecord]) -> dict[str, int]:
+    """Per row label, the trials the experiment's searches (``tune``) planned for it."""
+    planned: dict[str, int] = {}
+    for search in searches:
+        if search.mode != "tune":
+            continue
+        for arm, trials in search.budgets.items():
+            planned[arm] = planned.get(arm, 0) + trials
+    return planned
+
+
+def methods_table(records: Sequence[RunRecord], planned: Mapping[str, int], groups: Sequence[GroupReport]) -> pd.DataFrame:
+    """Every requested or trained row label, per group: trials planned, runs by status, cost, and
+    its result (the best configuration's seeds) or why it has none."""
+    group_of = {r.run_id: g for g in groups for r in g.records}
+    labels = list(dict.fromkeys([*planned, *(r.label for r in records)]))
+    rows = []
+    for label in labels:
+        mine = [r for r in records if r.label == label]
+        by_group: dict[int, list[RunRecord]] = {}
+        for r in mine:
+            by_group.setdefault(group_of[r.run_id].index, []).append(r)
+        if not by_group:
+            rows.append({"method": label, "group": "-", "planned": planned.get(label, 0), "runs": 0,
+                         **{s: 0 for s in STATUS_COLUMNS}, "s_per_epoch": math.nan, "compute_s": math.nan,
+                         "result": "no run logged: requested, but none of its trials started (search stopped early?)"})
+            continue
+        for index, runs in sorted(by_group.items()):
+            group = groups[index - 1]
+            counts = {s: sum(r.status == s for r in runs) for s in STATUS_COLUMNS}
+            per_epoch, seconds = cost_of(runs)
+            search_runs = [r for r in runs if r.confirm_of is None and not r.is_rerun]
+            rows.append({"method": label, "group": index, "planned": planned.get(label, 0) if index == groups[0].index or
+                         len(by_group) == 1 else 0, "runs": len(runs), "search_runs": len(search_runs), **counts,
+                         "s_per_epoch": per_epoch, "compute_s": seconds, "result": result_line(label, runs, group)})
+    return pd.DataFrame(rows, columns=["method", "group", "planned", "runs", "search_runs", *STATUS_COLUMNS,
+                                       "s_per_epoch", "compute_s", "result"])
+
+
+#: The statuses counted per method (``stopped_early``: pruned by the scheduler).
+STATUS_COLUMNS = (Status.COMPLETED, Status.STOPPED_EARLY, Status.DIVERGED, Status.FAILED, Status.RUNNING)
+
+
+def result_line(label: str, runs: Sequence[RunRecord], group: GroupReport) -> str:
+    config = group.best.get(label)
+    if config is not None:
+        few = " (fewer than 3: no firm verdict)" if len(config.finished) < uncertainty.MIN_SEEDS else ""
+        return f"best configuration over {len(config.finished)} seed(s){few}"
+    parts = []
+    for status in (Status.DIVERGED, Status.FAILED, Status.RUNNING):
+        hit = [r for r in runs if r.status == status]
+        if hit:
+            reason = next((r.reason for r in hit if r.reason), "")
+            parts.append(f"{len(hit)} {status}" + (f" (e.g. {reason})" if reason else ""))
+    return "no result: no finished run; " + "; ".join(parts)
 
 
 # ------------------------------------------------------------------ the report
@@ -317,18 +669,13 @@ class Report:
     space: str
     problem: str
     directions: dict[str, dict[str, bool]]
+    #: Every run that trained (search parents and reports aside).
     records: list[RunRecord]
-    best: dict[str, Configuration]
-    references: dict[str, dict[str, float]] | None
-    reference_source: str
-    summary: pd.DataFrame
-    fixed: pd.DataFrame
-    pareto_runs: pd.DataFrame
-    pareto_methods: pd.DataFrame
-    pareto_optimizers: pd.DataFrame
+    groups: list[GroupReport]
+    methods: pd.DataFrame
     excluded: pd.DataFrame
-    weights: dict[str, dict[str, Any]]
     notes: list[str]
+    stl: StlFile | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -338,179 +685,82 @@ class Report:
     def column_directions(self) -> list[bool]:
         return [h for ms in self.directions.values() for h in ms.values()]
 
+    @property
+    def main(self) -> GroupReport:
+        """The first group (the one with the most runs)."""
+        return self.groups[0]
+
+    # the main group's tables, as most experiments have one group
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.main.summary
+
+    @property
+    def references(self) -> dict[str, dict[str, float]] | None:
+        return self.main.references.values
+
+    @property
+    def reference_source(self) -> str:
+        return self.main.references.source
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table of every group, with a ``group`` column (the group's number) first."""
+        frames = [getattr(g, name).assign(group=g.index, group_key=g.describe) for g in self.groups
+                  if not getattr(g, name).empty]
+        if not frames:
+            return pd.DataFrame()
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["group", "group_key", *[c for c in frame.columns if c not in ("group", "group_key")]]]
+
+
+def build_group(client: MlflowClient, index: int, key: Comparability, records: list[RunRecord],
+                elsewhere: Mapping[Comparability, Mapping[str, Configuration]], info: ProblemInfo,
+                stl: StlFile | None, notes: list[str]) -> GroupReport:
+    directions = info.directions
+    configurations = group_configurations(records)
+    best = best_configurations(configurations)
+    references = group_references(key, best, elsewhere, directions, stl)
+    varying = varying_params(records)
+    cost = {label: cost_of([r for r in records if r.label == label]) for label in best}
+    summary = summary_table(best, directions, references.values, varying, cost)
+    fixed = fixed_weights_table(client, configurations, best, directions, references.values, summary, varying)
+    front, by_method, by_optimizer = pareto_tables(configurations, directions, varying)
+    curves = budget_table(records, references.values, directions)
+    weights = smto_weight_histories(client, best, notes)
+    return GroupReport(index, key, records, configurations, best, references, summary, fixed, front, by_method,
+                       by_optimizer, curves, weights)
+
 
 def build_report(uri: str, experiment: str, stl: str | Path | None = None) -> Report:
     """Read the experiment and compute every table of the report (no file is written)."""
     client = open_client(uri)
     experiment_id = open_experiment(client, experiment)
-    runs = [r for r in load_runs(client, experiment_id) if r.data.tags.get("searcher.role") not in SKIPPED_ROLES]
-    if not runs:
+    everything = load_records(client, experiment_id)
+    records = trainings(everything)
+    if not records:
         raise ConfigError(f"experiment {experiment!r} has no runs to report (train or tune into it first)")
-    space, problem, directions = experiment_problem([run_space_id(r) for r in runs])
-    first_task = next(iter(directions))
-    records = [run_record(r, directions, first_task) for r in runs]
-    configurations = group_configurations(records)
-    best = best_configurations(configurations)
+    info = experiment_problem([r.space for r in records])
+    stl_file = read_stl_file(stl, info.directions) if stl is not None else None
+    by_key: dict[Comparability, list[RunRecord]] = {}
+    for record in records:
+        by_key.setdefault(info.key(record), []).append(record)
+    keys = sorted(by_key, key=lambda k: (-len(by_key[k]), k.describe()))
+    best_by_key = {k: best_configurations(group_configurations(by_key[k])) for k in keys}
     notes: list[str] = []
-
-    if stl is not None:
-        references: dict[str, dict[str, float]] | None = read_stl_file(stl, directions)
-        reference_source = f"file {stl}"
-    else:
-        found, used, missing = references_from_runs(best, directions)
-        if missing:
-            references = None
-            reference_source = (f"none: no finished single_task run for task(s) {', '.join(missing)} "
-                                "(train single_task on them or pass --stl FILE); Δm is left out")
-        else:
-            references = found
-            reference_source = "the best single_task configuration of each task in this experiment (" + ", ".join(
-                f"{t}: {c.best_run.run_name}, {len(c.finished)} seed(s)" for t, c in used.items()) + ")"
-            try:
-                ranking.check_reference(references, directions)
-            except ConfigError as err:
-                references = None
-                reference_source += f"; unusable ({err}), Δm is left out"
-
-    varying = _varying_params(records)
-    summary = summary_table(best, directions, references, varying)
-    fixed = fixed_weights_table(client, configurations, best, directions, references, summary)
-    pareto_runs, by_method, by_optimizer = pareto_tables(records, directions)
-    excluded = excluded_table(records)
-    weights = smto_weight_histories(client, best, notes)
-    return Report(experiment, experiment_id, uri, space, problem, directions, records, best, references,
-                  reference_source, summary, fixed, pareto_runs, by_method, by_optimizer, excluded, weights, notes)
+    groups = [build_group(client, i, k, by_key[k], best_by_key, info, stl_file, notes) for i, k in enumerate(keys, 1)]
+    planned = requested_arms([r for r in everything if r.role == Role.SEARCH])
+    methods = methods_table(records, planned, groups)
+    return Report(experiment, experiment_id, uri, info.spaces, info.name, info.directions, records, groups, methods,
+                  excluded_table(records), notes, stl_file)
 
 
-def _varying_params(records: Sequence[RunRecord]) -> set[str]:
-    values: dict[str, set[str]] = {}
-    for r in records:
-        for k, v in r.params.items():
-            values.setdefault(k, set()).add(v)
-    return {k for k, v in values.items() if len(v) > 1 and "." not in k and k not in SEED_PARAMS}
-
-
-def run_delta_m(record: RunRecord, references: Mapping[str, Mapping[str, float]],
-                directions: Mapping[str, Mapping[str, bool]]) -> float:
-    return ranking.delta_m_table({record.run_id: record.test}, references, directions)[record.run_id]
-
-
-def summary_table(best: Mapping[str, Configuration], directions: Mapping[str, Mapping[str, bool]],
-                  references: Mapping[str, Mapping[str, float]] | None, varying: set[str]) -> pd.DataFrame:
-    """One row per method's best configuration: test metrics mean/std over seeds, Δm, MR.
-
-    Multi-task methods first (by Δm, else by MR), then the single-task rows, which show only
-    the metrics of the task they trained. Fixed-weight reruns have their own table.
-    """
-    multi = {label: c for label, c in best.items() if not c.runs[0].is_single_task and c.runs[0].rerun_of is None}
-    single = {label: c for label, c in best.items() if c.runs[0].is_single_task}
-    table = {label: {t: {m: c.mean_std(t, m)[0] for m in ms} for t, ms in directions.items()} for label, c in multi.items()}
-    ranks = ranking.mean_rank(table, directions) if table else {}
-    rows = []
-    for label, config in [*multi.items(), *single.items()]:
-        trained = label[len("single_task["):-1] if config.runs[0].is_single_task else None
-        val, val_std = mean_std([r.val_score for r in config.finished])
-        row: dict[str, Any] = {
-            "method": label, "kind": "single-task" if trained else "multi-task",
-            "configuration": describe_configuration(config, varying), "seeds": len(config.finished),
-            "excluded_runs": len(config.excluded), "val_score": val, "val_score_std": val_std,
-        }
-        for task, metrics in directions.items():
-            for metric in metrics:
-                mean, std = config.mean_std(task, metric) if trained in (None, task) else (math.nan, math.nan)
-                row[f"{task}/{metric}"], row[f"{task}/{metric} std"] = mean, std
-        if references is not None and not trained:
-            row["delta_m"], row["delta_m_std"] = mean_std([run_delta_m(r, references, directions) for r in config.finished])
-        else:
-            row["delta_m"], row["delta_m_std"] = math.nan, math.nan
-        row["mean_rank"] = ranks.get(label, math.nan)
-        row["best_run_id"] = config.best_run.run_id
-        row["run_ids"] = " ".join(r.run_id for r in config.finished)
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    order = frame["kind"].eq("single-task").astype(int)
-    frame = frame.assign(_kind=order, _dm=-frame["delta_m"].fillna(-math.inf), _mr=frame["mean_rank"].fillna(math.inf))
-    return frame.sort_values(["_kind", "_dm", "_mr", "method"]).drop(columns=["_kind", "_dm", "_mr"]).reset_index(drop=True)
-
-
-def fixed_weights_table(client: MlflowClient, configurations: Sequence[Configuration],
-                        best: Mapping[str, Configuration], directions: Mapping[str, Mapping[str, bool]],
-                        references: Mapping[str, Mapping[str, float]] | None, summary: pd.DataFrame) -> pd.DataFrame:
-    """`002` Table 2: each set of fixed-weight reruns beside its source SMTO run's configuration and the best EW."""
-    reruns = [c for c in configurations if c.runs[0].rerun_of is not None]
-    if not reruns:
-        return pd.DataFrame()
-    config_of = {r.run_id: c for c in configurations for r in c.runs}
-
-    def dm(config_runs: Sequence[RunRecord]) -> tuple[float, float]:
-        if references is None:
-            return math.nan, math.nan
-        return mean_std([run_delta_m(r, references, directions) for r in config_runs if r.finished])
-
-    ew = best.get("ew")
-    multi = summary[summary["kind"] == "multi-task"] if not summary.empty else summary
-    smtos = multi[~multi["method"].isin(["ew", "fixed"])] if not multi.empty else multi
-    top = smtos.sort_values("delta_m", ascending=False).iloc[0] if not smtos.empty and smtos["delta_m"].notna().any() else None
-    rows = []
-    for config in reruns:
-        first = config.runs[0]
-        source_id = first.rerun_of or ""
-        source_config = config_of.get(source_id)
-        if source_config is not None:
-            source_runs = source_config.finished
-            source_name = next(r.run_name for r in source_config.runs if r.run_id == source_id)
-        else:  # the source lives in another experiment: its own run only
-            try:
-                run = client.get_run(source_id)
-            except MlflowException:  # a deleted source leaves the row without it
-                run = None
-            source_runs = [run_record(run, directions, next(iter(directions)))] if run is not None else []
-            source_runs = [r for r in source_runs if r.finished]
-            source_name = run.info.run_name if run is not None else "?"
-        fixed_dm, fixed_std = dm(config.runs)
-        source_dm, source_std = dm(source_runs)
-        ew_dm, ew_std = dm(ew.runs) if ew is not None else (math.nan, math.nan)
-        row: dict[str, Any] = {
-            "source_method": config.label[len(first.method) + 1:-1], "source_run_id": source_id, "source_run": source_name,
-            "weights": first.params.get("fixed.weights", ""), "seeds": len(config.finished),
-            "excluded_runs": len(config.excluded),
-            "ew_delta_m": ew_dm, "ew_delta_m_std": ew_std,
-            "fixed_delta_m": fixed_dm, "fixed_delta_m_std": fixed_std,
-            "source_delta_m": source_dm, "source_delta_m_std": source_std, "source_seeds": len(source_runs),
-            "best_smto": top["method"] if top is not None else "",
-            "best_smto_delta_m": top["delta_m"] if top is not None else math.nan,
-        }
-        for task, metrics in directions.items():
-            for metric in metrics:
-                row[f"{task}/{metric}"], row[f"{task}/{metric} std"] = config.mean_std(task, metric)
-        row["run_ids"] = " ".join(r.run_id for r in config.finished)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pareto_tables(records: Sequence[RunRecord],
-                  directions: Mapping[str, Mapping[str, bool]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The finished multi-task runs with their test metrics and whether they are on the front; counts per method and optimizer.
-
-    Single-task runs are left out: their other heads are untrained, so those metrics mean nothing.
-    """
-    columns = [f"{t}/{m}" for t, ms in directions.items() for m in ms]
-    hib = [h for ms in directions.values() for h in ms.values()]
-    runs = [r for r in records if r.finished and not r.is_single_task]
-    frame = pd.DataFrame(
-        [{"run_id": r.run_id, "run_name": r.run_name, "label": r.label, "optimizer": r.optimizer, "val_score": r.val_score,
-          **{f"{t}/{m}": r.test[t][m] for t, ms in directions.items() for m in ms}} for r in runs],
-        columns=["run_id", "run_name", "label", "optimizer", "val_score", *columns],
-    )
-    values = frame[columns].to_numpy(dtype=float).reshape(len(frame), len(columns))
-    frame["comparable"] = np.isfinite(values).all(axis=1)
-    frame["pareto_optimal"] = pareto.non_dominated(values, hib)
-    valid = frame[frame["comparable"]]
-    by_method = pareto.pareto_counts(valid["label"].tolist(), valid["pareto_optimal"].to_numpy(bool))
-    by_optimizer = pareto.optimizer_counts(valid[columns].to_numpy(dtype=float), valid["optimizer"].tolist(), hib)
-    return frame, by_method.rename(columns={"group": "method"}), by_optimizer
+def open_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise ConfigError(f"no experiment {name!r} in the MLflow store {client.tracking_uri} "
+                          f"(experiments: {', '.join(known) or 'none'})")
+    return experiment.experiment_id
 
 
 def excluded_table(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -519,233 +769,10 @@ def excluded_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "run_id", "method", "status", "reason"])
 
 
-def smto_weight_histories(client: MlflowClient, best: Mapping[str, Configuration], notes: list[str]) -> dict[str, dict[str, Any]]:
-    """The per-epoch ``weight/<task>`` of each SMTO's best run (the best configuration's best seed)."""
-    out: dict[str, dict[str, Any]] = {}
-    for label, config in best.items():
-        first = config.runs[0]
-        if first.method in NOT_SMTO or first.rerun_of is not None:
-            continue
-        run = config.best_run
-        try:
-            tasks, epochs, rows = weight_history(client, client.get_run(run.run_id))
-        except ConfigError as err:
-            notes.append(f"no weight trajectory for {label}: {err}")
-            continue
-        out[label] = {"run_name": run.run_name, "run_id": run.run_id, "tasks": tasks, "epochs": epochs, "rows": rows}
-    return out
-
-
-# ------------------------------------------------------------------ output: Markdown, CSV, figures
-
-
-def fmt(value: Any, std: Any = math.nan) -> str:
-    """4 significant digits as `002`'s tables; '-' for a missing value; '± std' where there is one."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if not isinstance(value, (int, float, np.floating, np.integer)):
-        return str(value)
-    text = f"{float(value):.4g}"
-    if std is not None and isinstance(std, (int, float, np.floating)) and not math.isnan(float(std)):
-        text += f" ± {float(std):.2g}"
-    return text
-
-
-def short_weights(weights: str) -> str:
-    """``f1=0.22507135987480903,f2=0.77...`` -> ``f1=0.2251, f2=0.7749``."""
-    parts = []
-    for item in str(weights).split(","):
-        task, _, value = item.partition("=")
-        try:
-            parts.append(f"{task.strip()}={float(value):.4g}")
-        except ValueError:
-            parts.append(item.strip())
-    return ", ".join(parts)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_markdown(report: Report, figures: Mapping[str, str] | None = None) -> str:
-    """The whole report as Markdown (what ``searcher report`` prints and logs as ``report.md``)."""
-    figures = figures or {}
-    arrows = {c: "↑" if h else "↓" for c, h in zip(report.columns, report.column_directions)}
-    counts = pd.Series([r.status for r in report.records]).value_counts()
-    out = [f"# Report: experiment `{report.experiment}`", ""]
-    out.append(f"Space {report.space} (problem {report.problem}; tasks {', '.join(report.directions)}); "
-               f"{len(report.records)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
-    out.append("")
-    out.append(f"Single-task references: {report.reference_source}.")
-    if report.references is not None:
-        out.append("Reference values: " + ", ".join(f"{t}/{m} = {fmt(v)}" for t, ms in report.references.items()
-                                                    for m, v in ms.items()) + ".")
-    out += ["", "Test metrics at each run's best validation epoch; mean ± sample std over the seeds of the best "
-            "validation configuration of each method. Δm: `002` eq. 1 (%, higher is better); MR: `002` eq. 2 "
-            "(mean rank among the multi-task methods, lower is better). Diverged and failed runs are excluded "
-            "from every mean (listed at the end).", ""]
-
-    out += ["## Best configuration per method", ""]
-    if report.summary.empty:
-        out.append("No finished run.")
-    else:
-        headers = (["method", "configuration", "seeds", "val score"] + [f"{c} {arrows[c]}" for c in report.columns]
-                   + ["Δm % ↑", "MR ↓"])
-        rows = []
-        for _, r in report.summary.iterrows():
-            rows.append([r["method"], r["configuration"] or "-", r["seeds"], fmt(r["val_score"], r["val_score_std"])]
-                        + [fmt(r[c], r[f"{c} std"]) for c in report.columns]
-                        + [fmt(r["delta_m"], r["delta_m_std"]), fmt(r["mean_rank"])])
-        out.append(markdown_table(headers, rows))
-    out.append("")
-
-    if not report.fixed.empty:
-        out += ["## Fixed weights from SMTOs (`002` §3.5, Table 2)", "",
-                "Δm of the fixed-weight reruns beside their source SMTO's configuration and the best EW configuration.", ""]
-        headers = ["source", "source run", "weights", "seeds", "EW Δm %", "fixed weights Δm %", "source SMTO Δm %",
-                   "best SMTO"] + [f"{c} {arrows[c]}" for c in report.columns]
-        rows = [[r["source_method"], r["source_run"], short_weights(r["weights"]), r["seeds"],
-                 fmt(r["ew_delta_m"], r["ew_delta_m_std"]),
-                 fmt(r["fixed_delta_m"], r["fixed_delta_m_std"]), fmt(r["source_delta_m"], r["source_delta_m_std"]),
-                 f"{r['best_smto']} ({fmt(r['best_smto_delta_m'])})" if r["best_smto"] else "-"]
-                + [fmt(r[c], r[f"{c} std"]) for c in report.columns] for _, r in report.fixed.iterrows()]
-        out += [markdown_table(headers, rows), ""]
-
-    front = report.pareto_runs[report.pareto_runs["pareto_optimal"]] if not report.pareto_runs.empty else report.pareto_runs
-    valid = int(report.pareto_runs["comparable"].sum()) if not report.pareto_runs.empty else 0
-    out += ["## Pareto front (`003` Tables 2 and A2)", "",
-            f"Over the test metrics ({', '.join(f'{c} {arrows[c]}' for c in report.columns)}) of the {valid} finished "
-            f"multi-task runs (single-task runs left out); Pareto-optimal: {len(front)}.", ""]
-    if not report.pareto_methods.empty:
-        out += [markdown_table(["method", "runs", "Pareto-optimal"],
-                               report.pareto_methods[["method", "runs", "pareto_optimal"]].values.tolist()), ""]
-        out += [markdown_table(["optimizer", "runs", "PO (full)", "PO w.r.t. other optimizers"],
-                               report.pareto_optimizers.values.tolist()), ""]
-        out += [markdown_table(["run", "method", "optimizer"] + [f"{c} {arrows[c]}" for c in report.columns],
-                               [[r["run_name"], r["label"], r["optimizer"]] + [fmt(r[c]) for c in report.columns]
-                                for _, r in front.iterrows()]), ""]
-    if "pareto" in figures:
-        out += [f"![Pareto front]({figures['pareto']})", ""]
-    if report.weights:
-        out += ["## Weight trajectories", "", "Per-epoch task weights (normalized to sum 1) of each SMTO's best run: "
-                + ", ".join(f"{m} ({h['run_name']})" for m, h in report.weights.items()) + ".", ""]
-        if "weights" in figures:
-            out += [f"![weight trajectories]({figures['weights']})", ""]
-    for note in report.notes:
-        out.append(f"- {note}")
-    if report.notes:
-        out.append("")
-
-    out += ["## Runs excluded from the means", ""]
-    if report.excluded.empty:
-        out.append("None: every run finished.")
-    else:
-        out.append(markdown_table(["run", "run id", "method", "status", "reason"],
-                                  [[v or "-" for v in row] for row in report.excluded.values.tolist()]))
-    return "\n".join(out) + "\n"
-
-
-@dataclass
-class WrittenReport:
-    directory: Path
-    files: list[Path]
-    markdown: str
-
-
-def write_report(report: Report, out: str | Path) -> WrittenReport:
-    """Write the CSV tables, the figures and ``report.md`` into ``out``."""
-    from analysis import report_plots
-
-    directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-
-    def csv(frame: pd.DataFrame, name: str) -> None:
-        path = directory / name
-        frame.to_csv(path, index=False)
-        files.append(path)
-
-    csv(report.summary, "summary.csv")
-    if not report.fixed.empty:
-        csv(report.fixed, "fixed_weights.csv")
-    csv(report.pareto_runs, "pareto_runs.csv")
-    csv(report.pareto_methods, "pareto_by_method.csv")
-    csv(report.pareto_optimizers, "pareto_by_optimizer.csv")
-    csv(pd.DataFrame([{"run": r.run_name, "run_id": r.run_id, "method": r.label, "status": r.status,
-                       "optimizer": r.optimizer, "val_score": r.val_score,
-                       **{c: r.test[c.split('/', 1)[0]][c.split('/', 1)[1]] for c in report.columns}}
-                      for r in report.records]), "runs.csv")
-    csv(report.excluded, "excluded_runs.csv")
-
-    figures: dict[str, str] = {}
-    valid = report.pareto_runs[report.pareto_runs["comparable"]] if not report.pareto_runs.empty else report.pareto_runs
-    if len(valid):
-        title = f"{report.experiment}: {len(valid)} finished multi-task runs, {int(valid['pareto_optimal'].sum())} Pareto-optimal"
-        if len(report.columns) == 2:
-            refs = ({c: report.references[c.split("/", 1)[0]][c.split("/", 1)[1]] for c in report.columns}
-                    if report.references else {})
-            made = report_plots.pareto_scatter(valid, report.columns, report.column_directions, refs, title,
-                                               directory / "pareto.png", directory / "pareto.html")
-        else:
-            made = report_plots.parallel_coordinates(valid, report.columns, report.column_directions, title,
-                                                     directory / "pareto.png", directory / "pareto.html")
-        files += list(made)
-        figures["pareto"] = "pareto.png"
-    if report.weights:
-        made = report_plots.weight_trajectories(report.weights, f"{report.experiment}: task weights of each SMTO's best run",
-                                                directory / "weights.png", directory / "weights.html")
-        files += list(made)
-        figures["weights"] = "weights.png"
-    text = to_markdown(report, figures)
-    path = directory / "report.md"
-    path.write_text(text)
-    files.append(path)
-    return WrittenReport(directory, files, text)
-
-
-def metric_key(label: str) -> str:
-    """A label as an MLflow metric-name part (``single_task[f1]`` -> ``single_task_f1_``)."""
-    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in label)
-
-
-def log_report(report: Report, written: WrittenReport) -> str:
-    """Log the report as a run ``report`` of the experiment (tag ``searcher.role=report``); return its id."""
-    client = MlflowClient(report.uri)
-    tags = {"searcher.role": REPORT_ROLE, "searcher.space": report.space.split(", ")[0], "searcher.problem": report.problem,
-            "searcher.references": report.reference_source[:5000]}
-    run = client.create_run(report.experiment_id, run_name="report", tags=tags)
-    run_id = run.info.run_id
-    try:
-        params = {"experiment": report.experiment, "runs": len(report.records),
-                  "finished_runs": sum(r.finished for r in report.records),
-                  "references": "file" if report.reference_source.startswith("file") else
-                  ("single_task runs" if report.references is not None else "none")}
-        now = int(time.time() * 1000)
-        metrics = []
-        for _, row in report.summary.iterrows():
-            for name, column in (("delta_m", "delta_m"), ("mean_rank", "mean_rank")):
-                if pd.notna(row[column]):
-                    metrics.append(Metric(f"{name}/{metric_key(row['method'])}", float(row[column]), now, 0))
-        for _, row in report.pareto_methods.iterrows():
-            metrics.append(Metric(f"pareto_optimal/{metric_key(row['method'])}", float(row["pareto_optimal"]), now, 0))
-        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
-        for path in written.files:
-            client.log_artifact(run_id, str(path))
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id)
-    return run_id
-
-
-def run_report(uri: str, experiment: str, stl: str | Path | None = None,
-               out: str | Path | None = None) -> tuple[Report, WrittenReport, str]:
+def run_report(uri: str, experiment: str, stl: str | Path | None = None, out: str | Path | None = None) -> tuple[Report, Any, str]:
     """``searcher report``: build, write to ``out`` (default ``report-<experiment>/``), log to MLflow."""
+    from analysis.report_files import log_report, write_report
+
     report = build_report(uri, experiment, stl)
     written = write_report(report, out or f"report-{experiment}")
     return report, written, log_report(report, written)

@@ -64,8 +64,9 @@ def pareto_scatter(runs: pd.DataFrame, columns: Sequence[str], higher_is_better:
                    references: Mapping[str, float], title: str, png: str | Path, html: str | Path) -> tuple[Path, Path]:
     """Scatter of the runs on two metrics, the front joined by a line; dashed lines at the single-task references.
 
-    ``runs`` has one row per run with ``label`` (method), ``optimizer``, ``run_name``,
-    ``run_id``, ``pareto_optimal`` and the two metric ``columns``.
+    ``runs`` has one row per point with ``label`` (method), ``optimizer``, ``run_name``,
+    ``run_id``, ``pareto_optimal``, the two metric ``columns`` and, where a point is the mean
+    of several seeds, ``<column> std`` (drawn as error bars).
     """
     x, y = columns
     hx, hy = higher_is_better
@@ -76,6 +77,9 @@ def pareto_scatter(runs: pd.DataFrame, columns: Sequence[str], higher_is_better:
         for optimizer, sub in group.groupby("optimizer", sort=False):
             marker = OPTIMIZER_MARKERS.get(str(optimizer), "D")
             front = sub["pareto_optimal"].to_numpy(bool)
+            if f"{x} std" in sub and f"{y} std" in sub:  # a configuration's spread over its seeds
+                ax.errorbar(sub[x], sub[y], xerr=sub[f"{x} std"].fillna(0), yerr=sub[f"{y} std"].fillna(0), fmt="none",
+                            ecolor=colors[label], alpha=0.5, lw=0.9, zorder=1)
             ax.scatter(sub[x][~front], sub[y][~front], marker=marker, s=28, color=colors[label], alpha=0.45, linewidths=0)
             ax.scatter(sub[x][front], sub[y][front], marker=marker, s=70, color=colors[label], edgecolors="black",
                        linewidths=1.2, zorder=3)
@@ -276,4 +280,121 @@ def _weights_html(histories: Mapping[str, Mapping[str, Any]], colors: Mapping[st
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="weight")
     fig.update_layout(title=title, template="plotly_white", legend_title_text="task")
+    return _write_html(fig, path)
+
+
+# ------------------------------------------------------------------ budget curves (Dodge et al. 2019)
+
+
+def _budget_band(group: pd.DataFrame, mean: str, std: str, lo: str, hi: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and mean ± std clipped to the method's observed [min, max] (as Dodge et al. draw it)."""
+    m = group[mean].to_numpy(float)
+    s = np.nan_to_num(group[std].to_numpy(float))
+    low = group[lo].to_numpy(float) if lo in group else np.full_like(m, -np.inf)
+    high = group[hi].to_numpy(float) if hi in group else np.full_like(m, np.inf)
+    low, high = np.where(np.isnan(low), -np.inf, low), np.where(np.isnan(high), np.inf, high)
+    return m, np.clip(m - s, low, high), np.clip(m + s, low, high)
+
+
+def _budget_panels(curves: pd.DataFrame, val_label: str, has_test: bool) -> list[tuple[str, str, str, str, str, str]]:
+    """(mean, std, min, max columns, y label, panel title) of each panel to draw."""
+    panels = [("expected_best_val", "expected_best_val_std", "val_min", "val_max", f"expected {val_label}",
+               "best validation score after n trials")]
+    if has_test and "expected_test_delta_m" in curves and curves["expected_test_delta_m"].notna().any():
+        panels.append(("expected_test_delta_m", "expected_test_delta_m_std", "test_delta_m_min", "test_delta_m_max",
+                       "expected test Δm (%) of that trial (higher is better)",
+                       "test Δm of the best-on-validation trial"))
+    return panels
+
+
+def budget_curves(curves: pd.DataFrame, title: str, png: str | Path, html: str | Path,
+                  val_label: str = "best validation score", has_test: bool = True) -> tuple[Path, Path]:
+    """Expected best validation score, and test Δm of that trial, vs the number of trials (Dodge et al. 2019, §3).
+
+    ``curves`` is ``analysis.budget.budget_curves``'s table. One line per method, a band of
+    mean ± std clipped to the method's observed range; a line ends at the method's number of
+    trials (marked by a larger dot). Without test Δm (``has_test`` false or the column all NaN)
+    only the left panel is drawn, with a note saying why.
+    """
+    methods = list(dict.fromkeys(curves["method"]))
+    colors = palette(methods)
+    panels = _budget_panels(curves, val_label, has_test)
+    fig = _new_figure(5.0 * len(panels) + 2.2, 4.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    n_top = int(curves["trials"].max()) if len(curves) else 1
+    for ax, (mean, std, lo, hi, ylabel, panel_title) in zip(axes, panels):
+        for method in methods:
+            group = curves[curves["method"] == method].sort_values("trials")
+            n = group["trials"].to_numpy(int)
+            m, low, high = _budget_band(group, mean, std, lo, hi)
+            ax.fill_between(n, low, high, color=colors[method], alpha=0.15, linewidth=0)
+            ax.plot(n, m, "-", marker="o" if n_top <= 30 else None, ms=3, lw=1.8, color=colors[method])
+            if len(n):
+                ax.plot(n[-1:], m[-1:], "o", ms=7, color=colors[method], markeredgecolor="black", markeredgewidth=0.8)
+        if mean == "expected_test_delta_m":
+            ax.axhline(0.0, ls="--", lw=1, color="0.35")
+            ax.annotate("single-task level (Δm = 0)", (1, 0), xycoords=("axes fraction", "data"), xytext=(-3, 3),
+                        textcoords="offset points", ha="right", fontsize=7, color="0.3")
+        ax.set_xlim(0.5, n_top + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("number of trials")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_title(panel_title, fontsize=9)
+        ax.grid(alpha=0.3)
+    if len(panels) == 1:
+        axes[0].annotate("no test Δm (no single-task references)", (1, 0), xycoords="axes fraction", xytext=(-4, 4),
+                         textcoords="offset points", ha="right", va="bottom", fontsize=7, color="0.3")
+    handles = [Line2D([], [], color=c, lw=2, marker="o", ms=4, label=f"{label} (N={_trials_of(curves, label)})")
+               for label, c in colors.items()]
+    handles.append(Line2D([], [], ls="", marker="o", ms=7, color="0.6", markeredgecolor="black", label="N: trials run"))
+    handles.append(Line2D([], [], color="0.6", lw=6, alpha=0.3, label="± std (clipped to observed)"))
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=min(len(handles), 3 * len(panels)))
+    fig.suptitle(title, fontsize=10)
+    png = Path(png)
+    fig.savefig(png, format="png")
+    return png, _budget_html(curves, panels, colors, title, Path(html))
+
+
+def _trials_of(curves: pd.DataFrame, method: str) -> int:
+    group = curves[curves["method"] == method]
+    return int(group["trials_available"].max()) if "trials_available" in group and len(group) else len(group)
+
+
+def _rgba(color: str, alpha: float) -> str:
+    from matplotlib.colors import to_rgb
+
+    r, g, b = (int(round(255 * c)) for c in to_rgb(color))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _budget_html(curves: pd.DataFrame, panels: Sequence[tuple[str, str, str, str, str, str]],
+                 colors: Mapping[str, str], title: str, path: Path) -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[5] for p in panels])
+    for col, (mean, std, lo, hi, ylabel, _) in enumerate(panels, start=1):
+        for method, color in colors.items():
+            group = curves[curves["method"] == method].sort_values("trials")
+            n = group["trials"].to_numpy(int)
+            m, low, high = _budget_band(group, mean, std, lo, hi)
+            fig.add_trace(go.Scatter(x=n, y=high, mode="lines", line={"width": 0}, legendgroup=method, showlegend=False,
+                                     hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=n, y=low, mode="lines", line={"width": 0}, fill="tonexty",
+                                     fillcolor=_rgba(color, 0.15), legendgroup=method, showlegend=False,
+                                     hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(go.Scatter(
+                x=n, y=m, mode="lines+markers", name=f"{method} (N={_trials_of(curves, method)})", legendgroup=method,
+                showlegend=col == 1, line={"color": color}, marker={"size": 5},
+                customdata=np.stack([group[std].to_numpy(float)], axis=1),
+                hovertemplate=f"{method}<br>%{{x}} trials<br>{ylabel}: %{{y:.5g}} ± %{{customdata[0]:.3g}}<extra></extra>",
+            ), row=1, col=col)
+        if mean == "expected_test_delta_m":
+            fig.add_hline(y=0.0, line_dash="dash", line_color="gray", annotation_text="single-task level (Δm = 0)",
+                          row=1, col=col)
+        fig.update_yaxes(title_text=ylabel, row=1, col=col)
+    fig.update_xaxes(title_text="number of trials", tickformat="d", dtick=1 if curves["trials"].max() <= 20 else None)
+    if len(panels) == 1:
+        title += " (no test Δm: no single-task references)"
+    fig.update_layout(title=title, template="plotly_white", legend_title_text="method")
     return _write_html(fig, path)

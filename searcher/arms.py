@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-STL = "single_task"
+from searcher.run_record import STL, arm_key
+
 TASK_KEY = "single_task.task"
 
 
@@ -45,10 +46,6 @@ class Arm:
     def fixed(self) -> dict[str, Any]:
         """The values that make a trial this arm's (the task of a single-task reference)."""
         return {TASK_KEY: self.task} if self.task is not None else {}
-
-
-def arm_key(method: str, task: str | None = None) -> str:
-    return f"{method}[{task}]" if method == STL and task else method
 
 
 def is_reference(arm: str) -> bool:

@@ -104,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.9, help="EMA factor: ema = beta*ema + (1-beta)*w_epoch (default 0.9)")
     p.add_argument("--epoch", type=int, default=None, metavar="N",
                    help="take the EMA at epoch N (default: the last logged; e.g. for a run ASHA stopped)")
-    p.add_argument("--out", default=None, metavar="FILE", help="JSON file to write (default: weights-<run id[:8]>.json here)")
+    p.add_argument("--per-epoch", choices=("mean", "median"), default="mean",
+                   help="per-epoch statistic of the applied weights: mean (weight/<task>, `002`'s; default) or "
+                        "median (weight_median/<task>, robust to a few spiking steps)")
+    p.add_argument("--ema", choices=("paper", "debiased"), default="paper",
+                   help="paper: the EMA starts at the first epoch (`002`'s code; default); debiased: starts at 0, "
+                        "bias-corrected as Adam's (Kingma & Ba 2015), so the first epoch does not dominate short runs")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="JSON file to write (default: weights-<run id[:8]>.json here, -median/-debiased added "
+                        "for those options)")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
 
     p = sub.add_parser("rerun", help="retrain a run's configuration with fixed weights, one MLflow run per repeat")
@@ -114,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, metavar="K", help="number of runs, run index 0..K-1 (default 1)")
     p.add_argument("--max-epochs", type=int, default=None, help="epochs per run (default: the source run's)")
     p.add_argument("--beta", type=float, default=None, help="EMA factor when extracting now (default 0.9)")
+    p.add_argument("--per-epoch", choices=("mean", "median"), default=None,
+                   help="per-epoch statistic when extracting now (default mean; see extract-weights)")
+    p.add_argument("--ema", choices=("paper", "debiased"), default=None,
+                   help="EMA when extracting now (default paper; see extract-weights)")
     p.add_argument("--seed", type=int, default=None,
                    help="base seed in place of the source run's: run k trains with seed + 100000*(k+1) + the source's "
                         "run index, the seed of the source's k-th confirm repeat (default: the source run's seed)")
@@ -125,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Δm, mean rank, fixed weights and Pareto front of an experiment, logged to MLflow")
     p.add_argument("--experiment", required=True, help="the MLflow experiment to report on (e.g. the space's name)")
     p.add_argument("--stl", default=None, metavar="FILE",
-                   help="single-task references as JSON {task: {metric: value}} (default: the experiment's single_task runs)")
+                   help="single-task references as JSON {task: {metric: value}, \"measured_on\": {problem, data_source, "
+                        "max_epochs, options}} (default: each group's own single_task runs)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: report-<experiment>/)")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
     return parser
@@ -279,8 +292,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     print(f"searcher: confirming {len(plan.sources)} configuration(s) of experiment {args.experiment} "
           f"with {args.repeats} new seed(s) each ({len(plan.configs)} runs, "
           f"{plan.session.settings.max_epochs} epochs); MLflow: {uri}")
-    for _, row in plan.sources.iterrows():
-        print(f"  {row['method_key']:<20} run {row['run_id'][:8]}  best validation score {row['metrics.best/val_score']:.3f}")
+    for source in plan.sources:
+        print(f"  {source.label:<20} run {source.run_id[:8]}  best validation score {source.val_score:.3f}")
     table = run_confirm(plan, uri, _launch_options(args))
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print("\nTest metrics at the best validation epoch, mean and std over the new seeds:")
@@ -293,9 +306,10 @@ def cmd_extract_weights(args: argparse.Namespace) -> int:
     from searcher import tracking
 
     uri = tracking.tracking_uri(args.tracking_uri)
-    record, path, artifacts = extract_weights(uri, args.run_id, args.beta, args.epoch, args.out)
+    record, path, artifacts = extract_weights(uri, args.run_id, args.beta, args.epoch, args.out, args.per_epoch, args.ema)
     last = record["epochs"][-1]
-    print(f"run {args.run_id} ({record['method']} on {record['space']}): fixed weights = EMA (beta {args.beta:g}) "
+    options = "" if (args.per_epoch, args.ema) == ("mean", "paper") else f", per-epoch {args.per_epoch}, {args.ema} EMA"
+    print(f"run {args.run_id} ({record['method']} on {record['space']}): fixed weights = EMA (beta {args.beta:g}{options}) "
           f"at epoch {record['epoch']}" + (f" of {last}" if record["epoch"] != last else " (the last logged)") + ", sum 1")
     for task, weight in record["weights"].items():
         print(f"  {task}={weight:.6g}")
@@ -304,6 +318,8 @@ def cmd_extract_weights(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"wrote {path}; logged {', '.join(artifacts)} to run {args.run_id}")
     print(f"Retrain with them: searcher rerun {args.run_id} --weights {path}")
+    for warning in record["warnings"]:  # advice, on stderr as the note above: stdout stays the result
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -314,9 +330,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     uri = tracking.tracking_uri(args.tracking_uri)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
-    plan = plan_rerun(uri, args.run_id, args.weights, args.beta, args.max_epochs, args.experiment, args.data_dir, args.seed)
+    plan = plan_rerun(uri, args.run_id, args.weights, args.beta, args.max_epochs, args.experiment, args.data_dir, args.seed,
+                      args.per_epoch, args.ema)
     tasks = plan.session.problem.task_names
     origin = f"from {args.weights}" if args.weights else f"extracted now (beta {plan.weights_record['beta']:g})"
+    for warning in plan.weights_record.get("warnings", []) if not args.weights else []:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"searcher: {args.repeats} run(s) of fixed weights "
           + ", ".join(f"{t}={w:.4g}" for t, w in zip(tasks, plan.weights))
           + f" ({origin}) with the hyperparameters of {plan.method} run {args.run_id}; "

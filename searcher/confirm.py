@@ -16,67 +16,46 @@ confirm can be repeated exactly), and equals the seed of the r-th fixed-weight r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
-import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table, planned
+from searcher.run_record import RunRecord, load_records
 from searcher.search import trial_frame
 from searcher.session import Session, data_source, open_session
 from trainables.config import COMMON, repeat_seed
 from trainables.errors import ConfigError
-
-#: Runs eligible as a method's best configuration.
-FINISHED = ("completed", "stopped_early")
-#: Roles of runs that are not trainings of a searched configuration.
-NOT_TRIALS = ("search", "report", "rerun")
 
 
 @dataclass
 class ConfirmPlan:
     session: Session
     experiment: str
-    sources: pd.DataFrame  # one row per selected source run
+    #: The selected source runs, by row label then validation score (best first).
+    sources: list[RunRecord]
     configs: list[dict[str, Any]]
 
 
-def method_key(row: pd.Series) -> str:
-    method = str(row.get("params.method"))
-    task = row.get("tags.searcher.task")
-    return f"{method}[{task}]" if method == "single_task" and isinstance(task, str) and task else method
+def select_best(records: Sequence[RunRecord], top: int) -> list[RunRecord]:
+    """Per row label (per task for ``single_task``), the ``top`` finished search runs by
+    best/val_score: not reruns, not confirmations (a confirmation never becomes a source)."""
+    eligible = [r for r in records if r.is_training and not r.is_rerun and r.confirm_of is None and r.mode != "confirm"
+                and r.finished and math.isfinite(r.val_score)]
+    by_label: dict[str, list[RunRecord]] = {}
+    for record in sorted(eligible, key=lambda r: -r.val_score):
+        by_label.setdefault(record.label, []).append(record)
+    return [r for label in sorted(by_label) for r in by_label[label][:top]]
 
 
-def select_best(runs: pd.DataFrame, top: int) -> pd.DataFrame:
-    """Per method (per task for ``single_task``), the ``top`` finished runs by best/val_score."""
-    if runs.empty:
-        return runs
-    role = runs.get("tags.searcher.role", pd.Series("", index=runs.index)).fillna("")
-    mode = runs.get("tags.searcher.mode", pd.Series("", index=runs.index)).fillna("")
-    status = runs.get("tags.searcher.status", pd.Series("", index=runs.index)).fillna("")
-    eligible = runs[~role.isin(NOT_TRIALS) & (mode != "confirm") & status.isin(FINISHED)].copy()
-    if eligible.empty or "metrics.best/val_score" not in eligible:
-        return eligible.iloc[0:0]
-    eligible = eligible[eligible["metrics.best/val_score"].notna()]
-    eligible["method_key"] = eligible.apply(method_key, axis=1)
-    ranked = eligible.sort_values("metrics.best/val_score", ascending=False)
-    return ranked.groupby("method_key", sort=False).head(top).sort_values(["method_key", "metrics.best/val_score"], ascending=[True, False])
-
-
-def source_config(row: pd.Series, problem_keys: set[str]) -> dict[str, Any]:
+def source_config(record: RunRecord, problem_keys: set[str]) -> dict[str, Any]:
     """The trial config of a source run: its method, common hyperparameters, problem options
     and the method's own ``<method>.<param>`` values, as logged."""
-    method = str(row["params.method"])
     keep = set(COMMON) | problem_keys | {"method"}
-    config = {}
-    for column, value in row.items():
-        if not str(column).startswith("params.") or value is None or (isinstance(value, float) and pd.isna(value)):
-            continue
-        key = str(column)[len("params."):]
-        if key in keep or key.startswith(method + "."):
-            config[key] = value
-    return config
+    return {k: v for k, v in record.params.items() if k in keep or k.startswith(record.method + ".")}
 
 
 def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: str | None) -> ConfirmPlan:
@@ -86,40 +65,38 @@ def plan_confirm(uri: str, experiment: str, top: int, repeats: int, data_dir: st
 
     if top < 1 or repeats < 1:
         raise ConfigError(f"--top and --repeats must be at least 1, got {top} and {repeats}")
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         raise ConfigError(f"no MLflow experiment named {experiment!r} in {uri}")
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    best = select_best(runs, top)
-    if best.empty:
+    best = select_best(load_records(client, found.experiment_id), top)
+    if not best:
         raise ConfigError(f"experiment {experiment!r} has no finished training runs to confirm")
-    files = best["tags.searcher.space_file"] if "tags.searcher.space_file" in best else pd.Series(None, index=best.index)
-    # object dtype first: a tag no run has comes back as a float column of NaN
-    spaces = set(files.astype(object).fillna(best["tags.searcher.space"]).dropna())
+    spaces = {r.space for r in best}
     if len(spaces) != 1:
         raise ConfigError(f"experiment {experiment!r} mixes spaces {sorted(spaces)}; confirm one space at a time")
     space_name = spaces.pop()
     space = get_space(space_name)
     problem = build_problem(space.problem, space.problem_options)
     problem_keys = set(problem.defaults) | set(space.constants)
-    epochs = {int(float(e)) for e in best.get("params.max_epochs", pd.Series(dtype=str)).dropna()}
-    sources = set(best.get("params.data_source", pd.Series(dtype=str)).dropna())
+    epochs = {int(float(r.max_epochs)) for r in best if r.max_epochs != "?"}
+    if len(epochs) > 1:
+        raise ConfigError(f"the best runs of experiment {experiment!r} were trained with different epoch budgets "
+                          f"({', '.join(map(str, sorted(epochs)))}): their repeats would not be comparable; "
+                          "report them apart, or confirm an experiment of one budget")
+    sources = {r.data_source for r in best if r.data_source}
     pin = problem.source_option(next(iter(sources))) if len(sources) == 1 else {}
     pinned = [f"{k}={v}" for k, v in pin.items()]  # train on the data the search used
-    session = open_session(space_name, sorted(set(best["params.method"])), pinned, data_dir, max(epochs) if epochs else None)
+    methods = sorted({r.method for r in best})
+    session = open_session(space_name, methods, pinned, data_dir, epochs.pop() if epochs else None)
     if sources and data_source(session) not in sources:
         raise ConfigError(f"the runs trained on {sorted(sources)} data, a confirmation here would use {data_source(session)}")
     configs = []
-    for _, row in best.iterrows():
-        base = source_config(row, problem_keys)
-        seed = int(float(row.get("params.seed", 0) or 0))
+    for record in best:
+        base = source_config(record, problem_keys)
+        seed = int(float(record.params.get("seed", 0) or 0))
         for r in range(repeats):
-            configs.append({
-                **base,
-                "seed": repeat_seed(seed, r),
-                "confirm_of": row["run_id"],
-                "repeat": r,
-            })
+            configs.append({**base, "seed": repeat_seed(seed, r), "confirm_of": record.run_id, "repeat": r})
     return ConfirmPlan(session, experiment, best, configs)
 
 
@@ -139,15 +116,15 @@ def run_confirm(plan: ConfirmPlan, uri: str, options: SearchOptions) -> pd.DataF
     return table
 
 
-def summarize(df: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, sources: Sequence[RunRecord]) -> pd.DataFrame:
     """Per source run: its validation score, and the repeats' mean and std of each test metric."""
     if df.empty or "config/confirm_of" not in df:
         return pd.DataFrame()
     rows = []
-    for _, src in sources.iterrows():
-        reps = df[df["config/confirm_of"] == src["run_id"]]
-        row: dict[str, Any] = {"method": src["method_key"], "source_run": src["run_id"][:8],
-                               "source_val_score": round(float(src["metrics.best/val_score"]), 3), "repeats": len(reps)}
+    for src in sources:
+        reps = df[df["config/confirm_of"] == src.run_id]
+        row: dict[str, Any] = {"method": src.label, "source_run": src.run_id[:8],
+                               "source_val_score": round(src.val_score, 3), "repeats": len(reps)}
         for column in sorted(c for c in df.columns if c.startswith("best/test/")):
             values = reps[column].dropna().astype(float)
             if len(values):

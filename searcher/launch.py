@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from searcher import tracking
 from searcher.arms import arm_of_config
 from searcher.progress import ProgressLine
+from searcher.run_record import Role, Tag, budgets_tag
 from searcher.samplers import grid_sampler
 from searcher.session import Session, data_source, session_tags
 from trainables.errors import ConfigError
@@ -97,9 +98,9 @@ class Launched:
     def run_ids(self) -> dict[str, str]:
         """Ray trial id -> MLflow run id, for the trials of this launch (one query, on demand)."""
         client = MlflowClient(self.tracking_uri)
-        runs = client.search_runs([self.experiment_id], filter_string=f"tags.`searcher.search` = '{self.name}'",
+        runs = client.search_runs([self.experiment_id], filter_string=f"tags.`{Tag.SEARCH}` = '{self.name}'",
                                   max_results=50_000)
-        return {r.data.tags["searcher.trial_id"]: r.info.run_id for r in runs if r.data.tags.get("searcher.trial_id")}
+        return {r.data.tags[Tag.TRIAL_ID]: r.info.run_id for r in runs if r.data.tags.get(Tag.TRIAL_ID)}
 
 
 def quiet_ray_env(address: str | None = None) -> None:
@@ -177,7 +178,7 @@ def find_search_run(experiment_id: str, name: str) -> str | None:
     """The MLflow parent run of the search named ``name`` (for ``--resume``)."""
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`searcher.search` = '{name}' and tags.`searcher.role` = 'search'",
+        filter_string=f"tags.`{Tag.SEARCH}` = '{name}' and tags.`{Tag.ROLE}` = '{Role.SEARCH}'",
         order_by=["start_time DESC"],
         max_results=1,
     )
@@ -227,15 +228,17 @@ def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri:
         tune.with_parameters(train_trial, settings=session.settings),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
-    shared = {**session_tags(session, plan.kind), "searcher.search": plan.name}
+    shared = {**session_tags(session, plan.kind), Tag.SEARCH: plan.name}
     parent_id = find_search_run(experiment_id, plan.name) if options.resume else None
     if options.resume and parent_id is None:
         raise ConfigError(f"search {plan.name!r} has Ray state at {path} but no MLflow run in experiment {experiment!r}")
     start = ({"run_id": parent_id} if parent_id else
-             {"experiment_id": experiment_id, "run_name": plan.name, "tags": {**shared, "searcher.role": "search"}})
+             {"experiment_id": experiment_id, "run_name": plan.name, "tags": {**shared, Tag.ROLE: Role.SEARCH}})
     with mlflow.start_run(**start) as parent:
-        if parent_id is None and plan.params:
-            mlflow.log_params(dict(plan.params))
+        if parent_id is None:
+            if plan.params:
+                mlflow.log_params(dict(plan.params))
+            mlflow.set_tag(Tag.BUDGETS, budgets_tag(plan.budgets))
         if options.resume:
             # The run config (with its MLflow callback) is restored from Ray's state; the
             # callback re-attaches resumed trials to their MLflow runs by trial id.

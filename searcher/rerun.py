@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from analysis.extract import extract_from_run, get_run, open_client, read_weights_file, run_method, run_space
 from analysis.weights import DEFAULT_BETA
 from searcher.launch import Launch, SearchOptions, default_name, launch, planned
+from searcher.run_record import Role, Tag
 from searcher.search import error_line
 from searcher.session import Session, data_source, open_session, run_config
 from trainables.config import repeat_seed, run_seed
@@ -73,13 +74,15 @@ def plan_rerun(
     experiment: str | None = None,
     data_dir: str | None = None,
     seed: int | None = None,
+    per_epoch: str | None = None,
+    ema: str | None = None,
 ) -> Rerun:
     """Read the source run, the weights (from the file or extracted now) and open the session."""
     from spaces import get_space
     from trainables.problems import build_problem
 
-    if weights_file is not None and beta is not None:
-        raise ConfigError("--beta is for weights extracted now; the weights file already fixes them")
+    if weights_file is not None and (beta, per_epoch, ema) != (None, None, None):
+        raise ConfigError("--beta, --per-epoch and --ema are for weights extracted now; the weights file already fixes them")
     client = open_client(uri)
     run = get_run(client, run_id)
     space_name = run_space(run)
@@ -88,7 +91,8 @@ def plan_rerun(
     if weights_file is not None:
         weights, record = read_weights_file(weights_file, problem.task_names)
     else:
-        record = extract_from_run(client, run_id, DEFAULT_BETA if beta is None else beta)
+        record = extract_from_run(client, run_id, DEFAULT_BETA if beta is None else beta, None, per_epoch or "mean",
+                                  ema or "paper")
         weights = [record["weights"][t] for t in problem.task_names]
     params = source_params(run, set(problem.defaults) | set(space.constants), problem)
     params["weights"] = ",".join(f"{t}={w!r}" for t, w in zip(problem.task_names, weights))
@@ -107,13 +111,15 @@ def plan_rerun(
 def rerun_tags(plan: Rerun) -> dict[str, str]:
     record = plan.weights_record
     tags = {
-        "searcher.role": "rerun",
-        "searcher.source_run": plan.source.info.run_id,
-        "searcher.source_method": plan.method,
+        Tag.ROLE: Role.RERUN,
+        Tag.SOURCE_RUN: plan.source.info.run_id,
+        Tag.SOURCE_METHOD: plan.method,
     }
-    for key, tag in (("source_run_id", "weights_run"), ("beta", "weights_beta"), ("epoch", "weights_epoch")):
-        if key in record:
-            tags[f"searcher.{tag}"] = str(record[key])
+    for key, tag in (("source_run_id", Tag.WEIGHTS_RUN), ("method", Tag.WEIGHTS_METHOD), ("beta", Tag.WEIGHTS_BETA),
+                     ("epoch", Tag.WEIGHTS_EPOCH), ("per_epoch_statistic", Tag.WEIGHTS_PER_EPOCH),
+                     ("ema_kind", Tag.WEIGHTS_EMA)):
+        if record.get(key) not in (None, ""):
+            tags[tag] = str(record[key])
     return tags
 
 

@@ -13,8 +13,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from searcher.arms import STL, TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
+from searcher.arms import TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table
+from searcher.run_record import STL
 from searcher.samplers import CommonRandomSampler, PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session
 from spaces import grid_points, suggest, suggest_grid_point

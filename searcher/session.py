@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from spaces import SearchSpace, get_space
 from searcher.params import parse_pairs, to_config
+from searcher.run_record import Tag
 from trainables.config import method_params, resolve
 from trainables.methods import METHODS, build_method
 from trainables.problems import Problem, build_problem
@@ -86,9 +87,9 @@ def data_source(session: Session) -> str:
 def session_tags(session: Session, mode: str) -> dict[str, str]:
     """The MLflow tags every run of a ``train`` or ``tune`` on this session carries."""
     return {
-        "searcher.space": session.space.name,
-        "searcher.problem": session.problem.name,
-        "searcher.data_source": data_source(session),
-        "searcher.mode": mode,
-        **({"searcher.space_file": session.space_file} if session.space_file else {}),
+        Tag.SPACE: session.space.name,
+        Tag.PROBLEM: session.problem.name,
+        Tag.DATA_SOURCE: data_source(session),
+        Tag.MODE: mode,
+        **({Tag.SPACE_FILE: session.space_file} if session.space_file else {}),
     }

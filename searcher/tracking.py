@@ -20,12 +20,12 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from searcher.run_record import Status, Tag
 from trainables.config import run_params
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-METRIC_PREFIXES = ("train/", "val/", "weight/", "best/", "time/", "method/")
+METRIC_PREFIXES = ("train/", "val/", "weight/", "weight_median/", "best/", "time/", "method/")
 METRIC_KEYS = ("epoch", "diverged")
-TAG_PREFIX = "searcher."
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -79,13 +79,13 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_tags(config: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:
-    tags = {f"{TAG_PREFIX}method": str(config.get("method", ""))}
+    tags = {Tag.METHOD: str(config.get("method", ""))}
     task = config.get("single_task.task")
     if task:
-        tags[f"{TAG_PREFIX}task"] = str(task)
+        tags[Tag.TASK] = str(task)
     if config.get("confirm_of"):
         # `searcher confirm`: a new seed of another run's configuration (reports average them)
-        tags[f"{TAG_PREFIX}confirm_of"] = str(config["confirm_of"])
+        tags[Tag.CONFIRM_OF] = str(config["confirm_of"])
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 
@@ -104,12 +104,12 @@ def run_name(config: Mapping[str, Any]) -> str:
 def status_of(last: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
     """completed / stopped_early (by the scheduler) / diverged / failed."""
     if failed:
-        return "failed"
+        return Status.FAILED
     if last.get("diverged"):
-        return "diverged"
+        return Status.DIVERGED
     if int(last.get("epoch", 0)) < max_epochs:
-        return "stopped_early"
-    return "completed"
+        return Status.STOPPED_EARLY
+    return Status.COMPLETED
 
 
 class TrialLogger(MLflowLoggerCallback):
@@ -149,9 +149,9 @@ class TrialLogger(MLflowLoggerCallback):
             # A resumed search (or a trial restarted on another node): keep writing to the
             # trial's run, so no MLflow run is duplicated.
             self._trial_runs[trial] = existing
-            MlflowClient(self.tracking_uri).set_tag(existing, f"{TAG_PREFIX}status", "running")
+            MlflowClient(self.tracking_uri).set_tag(existing, Tag.STATUS, Status.RUNNING)
             return
-        tags = run_tags(trial.config, {**self.tags, f"{TAG_PREFIX}trial_id": trial.trial_id, f"{TAG_PREFIX}status": "running"})
+        tags = run_tags(trial.config, {**self.tags, Tag.TRIAL_ID: trial.trial_id, Tag.STATUS: Status.RUNNING})
         run = self.mlflow_util.start_run(tags=tags, run_name=run_name(trial.config))
         self._trial_runs[trial] = run.info.run_id
         run_id = self._trial_runs[trial]
@@ -161,7 +161,7 @@ class TrialLogger(MLflowLoggerCallback):
 
     def _existing_run(self, trial_id: str) -> str | None:
         """The run already logged for this trial of this search, if any."""
-        search = self.tags.get(f"{TAG_PREFIX}search")
+        search = self.tags.get(Tag.SEARCH)
         if not search:
             return None
         client = MlflowClient(self.tracking_uri)
@@ -170,7 +170,7 @@ class TrialLogger(MLflowLoggerCallback):
             return None
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{TAG_PREFIX}trial_id` = '{trial_id}' and tags.`{TAG_PREFIX}search` = '{search}'",
+            filter_string=f"tags.`{Tag.TRIAL_ID}` = '{trial_id}' and tags.`{Tag.SEARCH}` = '{search}'",
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
@@ -185,10 +185,10 @@ class TrialLogger(MLflowLoggerCallback):
         metrics = [Metric(key, value, now, step) for key, value in epoch_metrics(result).items()]
         MlflowClient(self.tracking_uri).log_batch(run_id, metrics=metrics)
         if result.get("diverged_reason"):
-            MlflowClient(self.tracking_uri).set_tag(run_id, f"{TAG_PREFIX}diverged_reason", result["diverged_reason"])
+            MlflowClient(self.tracking_uri).set_tag(run_id, Tag.DIVERGED_REASON, result["diverged_reason"])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]
         status = status_of(self._last.get(trial, {}), self.max_epochs, failed)
-        MlflowClient(self.tracking_uri).set_tag(run_id, f"{TAG_PREFIX}status", status)
+        MlflowClient(self.tracking_uri).set_tag(run_id, Tag.STATUS, status)
         super().log_trial_end(trial, failed=failed)

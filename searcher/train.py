@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from searcher import tracking
+from searcher.run_record import Tag
 from searcher.session import Session, data_source, run_config, session_tags
 from trainables.config import run_params
 from trainables.trainer import Trainer
@@ -56,7 +57,7 @@ def train_once(
         step = int(metrics["epoch"])
         client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, step) for k, v in tracking.epoch_metrics(metrics).items()])
         if metrics.get("diverged"):
-            client.set_tag(run.info.run_id, "searcher.diverged_reason", str(metrics.get("diverged_reason", "")))
+            client.set_tag(run.info.run_id, Tag.DIVERGED_REASON, str(metrics.get("diverged_reason", "")))
             print(f"DIVERGED: {metrics.get('diverged_reason')}", file=sys.stderr)
         else:
             print(_line(metrics, tasks), flush=True)
@@ -64,7 +65,7 @@ def train_once(
     with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name(config), tags=tags) as run:
         mlflow.log_params(params)
         last = run_trial(config, session.settings, report, trainer=trainer)
-        mlflow.set_tag("searcher.status", tracking.status_of(last, session.settings.max_epochs, failed=False))
+        mlflow.set_tag(Tag.STATUS, tracking.status_of(last, session.settings.max_epochs, failed=False))
     return run.info.run_id, last
 
 

@@ -28,6 +28,22 @@ def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory):
+    """One MLflow store for a test module (creating a store's schema takes seconds), in its own
+    folder, which is the working directory while the module runs (MLflow's default artifact root
+    is ./mlruns)."""
+    from mlflow.tracking import MlflowClient
+
+    directory = tmp_path_factory.mktemp("module-store")
+    before = os.getcwd()
+    os.chdir(directory)
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    yield uri
+    os.chdir(before)
+
+
 @pytest.fixture
 def train_toy(tracking_uri):
     """Train one run on the toy through `searcher train` (experiment ``toy``); its MLflow run id."""

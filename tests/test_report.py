@@ -46,16 +46,8 @@ def make_run(client: MlflowClient, experiment_id: str, method: str, params: dict
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One MLflow store for this module (creating a store's schema takes seconds), in its own folder,
-    which is the working directory while the module runs (MLflow's default artifact root is ./mlruns)."""
-    directory = tmp_path_factory.mktemp("report-store")
-    before = os.getcwd()
-    os.chdir(directory)
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()
-    yield uri
-    os.chdir(before)
+def store(module_store):
+    return module_store
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +97,7 @@ def test_report_on_hand_made_runs(store, hand, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--experiment", "hand", "--out", str(out), "--tracking-uri", tracking_uri]) == 0
     printed = capsys.readouterr().out
-    assert "## Best configuration per method" in printed and "| method | configuration |" in printed
+    assert "### Verdict: best configuration per method" in printed and "| method | configuration |" in printed
 
     summary = pd.read_csv(out / "summary.csv").set_index("method")
     assert list(summary.index) == ["cagrad", "ew", "single_task[f1]", "single_task[f2]"]  # by Δm, then STL
@@ -140,17 +132,24 @@ def test_report_on_hand_made_runs(store, hand, tmp_path, capsys):
     assert fixed["best_smto"] == "cagrad"
     assert fixed["f1/value"] == pytest.approx(3.0) and fixed["f1/value std"] == pytest.approx(math.sqrt(0.5))
 
-    # Pareto front of the seven finished multi-task runs (lower is better on both):
-    # A0 (2, 6), R0 (2.5, 5), C0 (3, 4.5) are optimal; C0 dominates B0 (3, 5), R1 (3.5, 6), A1 (4, 8), B1 (5, 7)
-    runs = pd.read_csv(out / "pareto_runs.csv").set_index("run_id")
-    assert set(runs.index) == {ids[k] for k in ("A0", "A1", "B0", "B1", "C0", "R0", "R1")}
-    assert set(runs.index[runs["pareto_optimal"]]) == {ids["A0"], ids["R0"], ids["C0"]}
+    # Pareto front over the four multi-task configurations, each the mean of its seeds (lower is better on both):
+    # A (A0, A1) = (3, 7), B (B0 and its confirmation B1) = (4, 6), C (C0) = (3, 4.5), R (R0, R1) = (3, 5.5):
+    # C dominates the other three (equal f1 and better f2 than A and R; better on both than B)
+    configs = pd.read_csv(out / "pareto_configurations.csv")
+    assert sorted(configs["runs"]) == [1, 2, 2, 2] and sorted(configs["label"]) == ["cagrad", "ew", "ew", "fixed[cagrad]"]
+    points = {tuple(sorted(r.run_ids.split())): (r["f1/value"], r["f2/value"], r.pareto_optimal) for _, r in configs.iterrows()}
+    assert points[tuple(sorted([ids["A0"], ids["A1"]]))] == (3.0, 7.0, False)
+    assert points[tuple(sorted([ids["B0"], ids["B1"]]))] == (4.0, 6.0, False)
+    assert points[(ids["C0"],)] == (3.0, 4.5, True)
+    assert points[tuple(sorted([ids["R0"], ids["R1"]]))] == (3.0, 5.5, False)
     by_method = pd.read_csv(out / "pareto_by_method.csv").set_index("method")
-    assert by_method.loc["ew"].tolist() == [4, 1] and by_method.loc["fixed[cagrad]"].tolist() == [2, 1]
-    assert by_method.loc["cagrad"].tolist() == [1, 1]
+    assert by_method.loc["ew", ["configurations", "pareto_optimal"]].tolist() == [2, 0]
+    assert by_method.loc["fixed[cagrad]", ["configurations", "pareto_optimal"]].tolist() == [1, 0]
+    assert by_method.loc["cagrad", ["configurations", "pareto_optimal"]].tolist() == [1, 1]
     by_optimizer = pd.read_csv(out / "pareto_by_optimizer.csv").set_index("optimizer")
-    # adam runs not dominated by the sgd run C0 (3, 4.5): A0 (2, 6) and R0 (2.5, 5)
-    assert by_optimizer.loc["adam"].tolist() == [6, 2, 2] and by_optimizer.loc["sgd"].tolist() == [1, 1, 1]
+    # the adam configurations (A, B, R) are all dominated by the sgd configuration C
+    assert by_optimizer.loc["adam", ["configurations", "pareto_optimal", "pareto_optimal_vs_others"]].tolist() == [3, 0, 0]
+    assert by_optimizer.loc["sgd", ["configurations", "pareto_optimal", "pareto_optimal_vs_others"]].tolist() == [1, 1, 1]
 
     excluded = pd.read_csv(out / "excluded_runs.csv").set_index("run_id")
     assert excluded.loc[ids["div"], "status"] == "diverged" and "epoch 2" in excluded.loc[ids["div"], "reason"]
@@ -158,7 +157,7 @@ def test_report_on_hand_made_runs(store, hand, tmp_path, capsys):
     assert ids["search"] not in set(pd.read_csv(out / "runs.csv")["run_id"])
 
     markdown = (out / "report.md").read_text()
-    assert "training diverged in epoch 2" in markdown and "| cagrad | cagrad-4 |" in markdown
+    assert "training diverged in epoch 2" in markdown and "| cagrad | cagrad.c=0.5 lr=0.01 optimizer=sgd | sgd | 1 |" in markdown
     assert "f1=0.4, f2=0.6" in markdown and "Single-task references: the best single_task configuration" in markdown
     for name in ("pareto.png", "weights.png"):
         assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 10_000
@@ -174,9 +173,9 @@ def test_report_on_hand_made_runs(store, hand, tmp_path, capsys):
     assert report.info.status == "FINISHED"
     assert report.data.metrics["delta_m/ew"] == pytest.approx(-175.0)
     assert report.data.metrics["mean_rank/cagrad"] == 1.0
-    assert report.data.metrics["pareto_optimal/fixed_cagrad_"] == 1.0
+    assert report.data.metrics["pareto_optimal/cagrad"] == 1.0 and report.data.metrics["pareto_optimal/fixed_cagrad_"] == 0.0
     artifacts = {a.path for a in client.list_artifacts(report.info.run_id)}
-    assert {"report.md", "summary.csv", "fixed_weights.csv", "pareto_runs.csv", "pareto.png", "pareto.html",
+    assert {"report.md", "summary.csv", "fixed_weights.csv", "pareto_configurations.csv", "pareto.png", "pareto.html",
             "weights.png", "weights.html", "excluded_runs.csv"} <= artifacts
 
     # a second report ignores the first (and the old one): the same runs, the same numbers
@@ -187,8 +186,8 @@ def test_report_on_hand_made_runs(store, hand, tmp_path, capsys):
 def test_weight_trajectory_of_the_best_smto_run(store, hand):
     ids = hand
     report = build_report(store, "hand")
-    assert list(report.weights) == ["cagrad"]
-    history = report.weights["cagrad"]
+    assert list(report.main.weights) == ["cagrad"]
+    history = report.main.weights["cagrad"]
     assert history["run_id"] == ids["C0"] and history["epochs"] == [1, 2, 3]
     assert history["rows"] == [[0.5, 1.5], [1.0, 1.0], [0.6, 0.4]]
 
@@ -281,7 +280,7 @@ def test_report_recomputes_002_table_4(store, tmp_path):
         assert summary.loc[method, "mean_rank"] == pytest.approx(TABLE_4_MR[paper]), paper
     assert summary.index[0] == "imtl"  # sorted by Δm: IMTL, the best SMTO of `002` Table 2 (City 19C, 0.570)
 
-    from analysis.report import write_report
+    from analysis.report_files import write_report
 
     written = write_report(report, tmp_path / "city")
     assert (tmp_path / "city" / "pareto.png").read_bytes()[:8] == PNG
@@ -314,7 +313,7 @@ def test_unknown_or_empty_experiment_is_one_line(store, tmp_path, capsys):
     make_run(client, broken, "cagrad", {"lr": 0.1}, status="failed")
     running = client.create_run(broken, tags={"searcher.method": "ew", "searcher.space": "toy"})
     report = build_report(tracking_uri, "broken")
-    assert report.summary.empty and report.pareto_runs.empty
+    assert report.summary.empty and report.main.pareto_configs.empty
     assert sorted(report.excluded["status"]) == ["diverged", "failed", "running"]
     assert report.excluded.set_index("run_id").loc[running.info.run_id, "reason"] == "no searcher.status tag; MLflow status RUNNING"
     assert main(["report", "--experiment", "broken", "--out", str(tmp_path / "broken"), "--tracking-uri", tracking_uri]) == 0
@@ -426,8 +425,8 @@ def test_search_extract_rerun_report_end_to_end(ray_session, store, tmp_path, ca
     assert diverged and set(diverged) <= set(excluded["run_id"])
     assert not set(diverged) & set(" ".join(summary["run_ids"]).split())
 
-    # every Pareto-optimal run is dominated by no other finished multi-task run
-    front = pd.read_csv(tmp_path / "rep" / "pareto_runs.csv")
+    # every Pareto-optimal configuration is dominated by no other multi-task configuration
+    front = pd.read_csv(tmp_path / "rep" / "pareto_configurations.csv")
     assert set(front["label"]) <= {"ew", "cagrad", "fixed[cagrad]"} and front["pareto_optimal"].any()
     points = front[["f1/value", "f2/value"]].to_numpy()
     for i in front.index[front["pareto_optimal"]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,12 +87,17 @@ def test_resume_from_a_checkpoint_continues_identically(toy):
     config = {"method": "cagrad", "lr": 0.05, "start": 0, "steps_per_epoch": 10}
     straight = [m["val/score"] for m in Trainer(toy, config).fit(4)]
     first = Trainer(toy, config)
-    head = [m["val/score"] for m in first.fit(2)]
+    head_epochs = list(first.fit(2))
+    head = [m["val/score"] for m in head_epochs]
     state = first.state_dict()
     second = Trainer(toy, config)
     second.load_state_dict(state)
-    tail = [m["val/score"] for m in second.fit(4)]
+    tail_epochs = list(second.fit(4))
+    tail = [m["val/score"] for m in tail_epochs]
     assert head + tail == pytest.approx(straight, rel=0, abs=1e-12)
+    # the run's cost counts every epoch, across the resume: time/total_s is the running sum of time/epoch_s
+    epochs = head_epochs + tail_epochs
+    assert [m["time/total_s"] for m in epochs] == pytest.approx(list(np.cumsum([m["time/epoch_s"] for m in epochs])))
 
 
 def test_a_diverging_loss_raises_diverged(toy):

@@ -176,6 +176,10 @@ def test_end_to_end_cagrad_extract_then_rerun(ray_session, tmp_path, monkeypatch
         ema = w if ema is None else tuple(0.5 * a + 0.5 * b for a, b in zip(ema, w))
     assert parse_weights(run["params.fixed.weights"], ["f1", "f2"]) == pytest.approx([ema[0] / sum(ema), ema[1] / sum(ema)])
     assert run["tags.searcher.weights_beta"] == "0.5" and run["params.max_epochs"] == "1"
+    # where the weights came from: the source run itself, its method; the paper's statistic and EMA
+    assert run["tags.searcher.weights_run"] == run_id == run["tags.searcher.source_run"]
+    assert run["tags.searcher.weights_method"] == run["tags.searcher.source_method"]
+    assert (run["tags.searcher.weights_per_epoch"], run["tags.searcher.weights_ema"]) == ("mean", "paper")
 
 
 # ---------------------------------------------------------------- bad input: one line each

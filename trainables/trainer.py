@@ -31,11 +31,15 @@ train/<task>/loss        mean training loss of the epoch
 val/<task>/<metric>      validation metrics of the epoch
 val/score                validation score of the epoch (Delta_m vs the problem's references)
 weight/<task>            mean over the epoch's steps of the weight the method applied
+weight_median/<task>     median over the epoch's steps of that weight (robust to a few spiking
+                         steps, e.g. CAGrad's weight for a task with a near-zero gradient)
 method/<name>            per-epoch diagnostics of the method (e.g. IMTL's raw scales)
 best/val_score           best validation score so far (what the search optimizes)
 best/epoch               the epoch it was reached in
 best/val/<task>/<metric> validation metrics of the best epoch
 best/test/<task>/<metric> test metrics of the best validation epoch (what reports use)
+time/epoch_s             seconds of the epoch (train, validation, test)
+time/total_s             seconds of every epoch so far, across resumes (what reports count as cost)
 """
 
 
@@ -81,6 +85,8 @@ class Trainer:
         else:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self.epoch = 0
+        #: Seconds spent in ``run_epoch`` over the whole run (kept across a resume): ``time/total_s``.
+        self.elapsed_s = 0.0
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
         self._val_cycle: Iterator[Any] | None = None
 
@@ -264,19 +270,26 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
         weight_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
-        steps = weighted_steps = 0
+        # the weight vector of every weighted step (T floats each), for the per-epoch median
+        step_weights: list[torch.Tensor] = []
+        steps = 0
         for batch in self.splits.train:
             inputs, targets = self.to_device(batch)
             losses, weights = self.train_step(inputs, targets)
             loss_sum += losses.double().cpu()
             steps += 1
             if weights is not None:
-                weight_sum += weights.double().cpu()
-                weighted_steps += 1
+                applied = weights.double().cpu()
+                weight_sum += applied
+                step_weights.append(applied)
         self.method.end_epoch((loss_sum / max(steps, 1)).float())
         metrics = {f"train/{t}/loss": float(loss_sum[i] / max(steps, 1)) for i, t in enumerate(self.tasks)}
-        if weighted_steps:
-            metrics.update({f"weight/{t}": float(weight_sum[i] / weighted_steps) for i, t in enumerate(self.tasks)})
+        if step_weights:
+            # the mean (`002` §3.5) and the usual median (the two middle values averaged for an even
+            # count; torch.median would take the lower one) over the epoch's weighted steps
+            median = torch.quantile(torch.stack(step_weights), 0.5, dim=0)
+            metrics.update({f"weight/{t}": float(weight_sum[i] / len(step_weights)) for i, t in enumerate(self.tasks)})
+            metrics.update({f"weight_median/{t}": float(median[i]) for i, t in enumerate(self.tasks)})
         metrics.update({f"method/{k}": float(v) for k, v in self.method.epoch_diagnostics().items()})
         return metrics
 
@@ -308,6 +321,8 @@ class Trainer:
         metrics.update(self.best)
         metrics["epoch"] = self.epoch
         metrics["time/epoch_s"] = time.perf_counter() - start
+        self.elapsed_s += metrics["time/epoch_s"]
+        metrics["time/total_s"] = self.elapsed_s
         return metrics
 
     def fit(self, max_epochs: int) -> Iterator[dict[str, float]]:
@@ -319,6 +334,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
+            "elapsed_s": self.elapsed_s,
             "best": dict(self.best),
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
@@ -332,6 +348,7 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epoch = int(state["epoch"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))  # checkpoints from before it was kept: 0
         self.best = dict(state["best"])
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])

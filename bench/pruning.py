@@ -94,7 +94,7 @@ def seed_noise(uri: str, experiment: str, best_runs: dict[str, str], seeds: int,
     confirm``); per arm, the spread of their best validation scores (sample std, ddof 1) is one
     training's seed noise at that configuration, their mean the configuration's worth."""
     plan = plan_confirm(uri, experiment, top=1, repeats=seeds, data_dir=None)
-    assert sorted(plan.sources["run_id"]) == sorted(best_runs.values()), "confirm picked other best runs"
+    assert sorted(s.run_id for s in plan.sources) == sorted(best_runs.values()), "confirm picked other best runs"
     run_confirm(plan, uri, SearchOptions(storage=storage, name=f"{experiment}-noise"))
     runs = mlflow.search_runs(experiment_names=[experiment])
     out = {}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from spaces.base import SearchSpace, grid_points, suggest, suggest_grid_point
 from spaces.cityscapes import CITYSCAPES_19C, CITYSCAPES_HR, CITYSCAPES_INST, CITYSCAPES_R18, CITYSCAPES_R50
 from spaces.multi_mnist import MNIST_CL_CR, MNIST_CL_RR, MNIST_RL_RR
 from spaces.nyuv2 import NYUV2, NYUV2_R50
 from spaces.qm9 import QM9
 from spaces.toy import TOY
-from trainables.errors import ConfigError
 from trainables.registry import Registry
 
 SPACES: Registry[SearchSpace] = Registry("space")
@@ -35,15 +32,4 @@ def get_space(name_or_path: str) -> SearchSpace:
     return SPACES.get(name_or_path)
 
 
-def space_of_run(tags: Mapping[str, str]) -> SearchSpace:
-    """The space a logged run trained in: its ``searcher.space_file`` if any, else its name."""
-    file = tags.get("searcher.space_file")
-    if file:
-        return get_space(file)
-    name = tags.get("searcher.space")
-    if not name:
-        raise ConfigError("the run has no searcher.space tag (was it logged by searcher?)")
-    return SPACES.get(name)
-
-
-__all__ = ["SPACES", "SearchSpace", "grid_points", "suggest", "suggest_grid_point", "get_space", "space_of_run"]
+__all__ = ["SPACES", "SearchSpace", "grid_points", "suggest", "suggest_grid_point", "get_space"]

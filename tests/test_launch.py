@@ -82,7 +82,7 @@ def test_reruns_are_paired_with_the_confirm_repeats_of_their_source(ray_session,
     run_search(session, SearchOptions(num_samples=2, seed=4, scheduler="fifo", storage=str(tmp_path / "ray"), name="p"),
                tracking_uri, "paired")
     confirm = plan_confirm(tracking_uri, "paired", top=1, repeats=2, data_dir=None)
-    (source,) = confirm.sources["run_id"]
+    (source,) = [s.run_id for s in confirm.sources]
     rerun = plan_rerun(tracking_uri, source)
     reruns = rerun_configs(rerun, 2)
     assert [run_seed(c) for c in reruns] == [run_seed(c) for c in confirm.configs]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from searcher.cli import main
-from spaces import SPACES, get_space, space_of_run
+from searcher.run_record import from_run
+from spaces import SPACES, get_space
 from trainables.errors import ConfigError
 from trainables.search_range import SearchRange
 
@@ -82,7 +84,9 @@ def test_runs_record_the_space_file_and_later_commands_find_it(tmp_path, trackin
     mlflow.set_tracking_uri(tracking_uri)
     run = mlflow.search_runs(experiment_names=["toy_small"]).iloc[0]
     assert run["tags.searcher.space"] == "toy_small" and run["tags.searcher.space_file"] == path
-    assert space_of_run({"searcher.space": "toy_small", "searcher.space_file": path}).name == "toy_small"
+    # the run record finds the space through the file (tag searcher.space_file) before the name
+    record = from_run(MlflowClient(tracking_uri).get_run(run["run_id"]))
+    assert record.space == path and get_space(record.space).name == "toy_small"
     # extract-weights reads the run's space from the file to order the tasks
     out = tmp_path / "w.json"
     assert main(["extract-weights", run["run_id"], "--out", str(out), "--tracking-uri", tracking_uri]) == 0

@@ -161,6 +161,10 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         d = described[0]
         print(f"{d['name']}: {d['description']}")
         print(f"  problem: {d['problem']} {d['problem_options']}  tasks: {', '.join(d['tasks'])}  epochs: {d['max_epochs']}")
+        if d["reproduces"]:
+            print(f"  reproduces: {d['reproduces']}")
+        for deviation in d["deviations"]:
+            print(f"  deviation: {deviation}")
         # tpe/random/nsga2 draw from the intervals, --search grid trains the grids
         for k, r in d["ranges"]["common"].items():
             print(f"  {k}: {SearchRange.of(r).describe()}")

@@ -34,7 +34,8 @@ from trainables.errors import ConfigError
 from trainables.problems.base import Problem
 
 #: Common hyperparameters taken from the source run (the method's own are replaced by ``fixed``).
-CARRIED_COMMON = ("lr", "dropout", "optimizer", "weight_decay", "momentum", "batch_size", "lr_decay")
+CARRIED_COMMON = ("lr", "dropout", "optimizer", "weight_decay", "momentum", "batch_size", "lr_decay", "lr_step_every",
+                  "lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr")
 #: Where the weights a rerun used go among its artifacts.
 WEIGHTS_ARTIFACT = "fixed_weights.json"
 

@@ -66,6 +66,10 @@ class SearchSpace:
     default_methods: Sequence[str] = ("ew", "uw", "cagrad")
     #: Default number of epochs of a trial.
     max_epochs: int = 10
+    #: The paper, table and code whose set-up the space reproduces ("" when it reproduces none).
+    reproduces: str = ""
+    #: Every deliberate deviation from that set-up that remains, one sentence each.
+    deviations: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # a frozen dataclass: the ranges are converted once here (also on dataclasses.replace)
@@ -108,6 +112,8 @@ class SearchSpace:
             },
             "default_methods": list(self.default_methods),
             "max_epochs": self.max_epochs,
+            "reproduces": self.reproduces,
+            "deviations": list(self.deviations),
         }
 
 

@@ -520,7 +520,14 @@ def test_space():
     assert space.problem == "qm9" and space.max_epochs == 300
     lr = space.common["lr"]
     assert lr.grid == (0.005, 0.001, 0.0005, 0.0001) and (lr.low, lr.high, lr.log) == (0.0001, 0.005, True)
-    assert space.constants["batch_size"] == 120 and space.constants["lr_decay"] == 1.0
+    assert space.constants["batch_size"] == 120
+    # Nash-MTL's (and the `002` authors') ReduceLROnPlateau(mode min, factor 0.7, patience 5, min_lr 1e-5)
+    plateau = {"lr_schedule": "plateau", "plateau_factor": 0.7, "plateau_patience": 5, "plateau_min_lr": 1e-5}
+    assert {k: space.constants[k] for k in plateau} == plateau
+    preset = SPACES.get("qm9_nashmtl")
+    assert {k: preset.constants[k] for k in plateau} == plateau and not preset.common
+    assert (preset.constants["optimizer"], preset.constants["lr"]) == ("adam", 1e-3)
+    assert "nash-mtl" in preset.reproduces and preset.deviations
     assert space.constants["weight_decay"] == 0.0 and space.constants["dropout"] == 0.0
     aux = space.method_ranges("auto_lambda")["aux_lr_scale"]
     assert aux.grid == (100.0, 10.0, 1.0) and (aux.low, aux.high, aux.log) == (1.0, 100.0, True)

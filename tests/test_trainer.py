@@ -128,3 +128,38 @@ def test_seeds_derive_from_the_run_index():
 def test_learning_rate_schedules(toy, step_every, expected):
     trainer = Trainer(toy, {"method": "ew", "lr": 0.1, "lr_decay": 0.5, "lr_step_every": step_every, "steps_per_epoch": 2})
     assert [m["train/lr"] for m in trainer.fit(4)] == pytest.approx(expected)
+
+
+def test_plateau_schedule_reduces_the_lr_as_worked_by_hand(toy):
+    """lr_schedule=plateau (Nash-MTL's QM9 schedule): the lr is multiplied by plateau_factor once the validation
+    score has not improved for more than plateau_patience epochs, never below plateau_min_lr.
+
+    Scores (-Δm) -3, -2, -2, -2, -2, -1, -1, -1 with patience 1, factor 0.5, min 0.03, from lr 0.1: epoch 2
+    improves; epochs 3 and 4 do not (the second such epoch exceeds the patience: 0.05 from epoch 5 on); epoch 6
+    improves; epochs 7 and 8 do not (0.025, floored at 0.03, from epoch 9). ``train/lr`` is the lr each epoch
+    trained with."""
+    scores = iter([-3.0, -2.0, -2.0, -2.0, -2.0, -1.0, -1.0, -1.0, -1.0])
+    toy.score = lambda val, tasks: next(scores)  # the problem's validation score, scripted
+    trainer = Trainer(toy, {"method": "ew", "lr": 0.1, "start": 1, "steps_per_epoch": 2, "lr_schedule": "plateau",
+                            "plateau_factor": 0.5, "plateau_patience": 1, "plateau_min_lr": 0.03})
+    lrs = [m["train/lr"] for m in trainer.fit(9)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.03])
+
+
+def test_plateau_schedule_resumes_exactly_and_rejects_the_exponential_settings(toy):
+    config = {"method": "ew", "lr": 2.0, "start": 1, "steps_per_epoch": 5, "lr_schedule": "plateau",
+              "plateau_factor": 0.5, "plateau_patience": 0}
+    straight = [(m["train/lr"], m["val/score"]) for m in Trainer(toy, config).fit(6)]
+    assert len({lr for lr, _ in straight}) > 1  # the schedule did reduce the lr on this run
+    first = Trainer(toy, config)
+    head = [(m["train/lr"], m["val/score"]) for m in first.fit(3)]
+    second = Trainer(toy, config)
+    second.load_state_dict(first.state_dict())
+    tail = [(m["train/lr"], m["val/score"]) for m in second.fit(6)]
+    assert head + tail == straight
+    from trainables.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_schedule=plateau reduces the lr on the validation score"):
+        Trainer(toy, {**config, "lr_decay": 0.95})
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        Trainer(toy, {**config, "lr_schedule": "cosine"})

@@ -264,3 +264,20 @@ def test_a_list_of_weights_in_the_files_task_order(tmp_path):
     path.write_text('{"tasks": ["f2", "f1"], "weights": [0.75, 0.25]}')
     weights, record = read_weights_file(path, ["f1", "f2"])
     assert weights == [0.25, 0.75] and record["tasks"] == ["f2", "f1"]
+
+
+def test_a_rerun_carries_the_source_lr_schedule():
+    """A rerun trains with the source's lr schedule and its settings (plateau on QM9), not the defaults."""
+    from test_run_record import run as logged_run
+
+    from searcher.rerun import source_params
+    from trainables.problems import build_problem
+
+    toy = build_problem("toy")
+    source = logged_run({}, {"method": "cagrad", "lr": "0.01", "lr_schedule": "plateau", "plateau_factor": "0.5",
+                             "plateau_patience": "3", "plateau_min_lr": "1e-05", "lr_step_every": "0",
+                             "cagrad.c": "0.5", "steps_per_epoch": "10", "seed": "4"})
+    params = source_params(source, set(toy.defaults), toy)
+    assert {k: params[k] for k in ("lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr")} == \
+        {"lr_schedule": "plateau", "plateau_factor": "0.5", "plateau_patience": "3", "plateau_min_lr": "1e-05"}
+    assert params["steps_per_epoch"] == "10" and "cagrad.c" not in params and "seed" not in params

@@ -16,6 +16,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 BATCHED = {"auto": None, "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 GRAD_LEVELS = ("param", "feature")
 GRAD_MEMORY = ("auto", "jacobian", "gramian")
+LR_SCHEDULES = ("exponential", "plateau")
 
 COMMON: dict[str, Hyperparameter] = {
     "lr": Hyperparameter(1e-3, float, "learning rate", low=0.0, open_low=True),
@@ -31,6 +32,16 @@ COMMON: dict[str, Hyperparameter] = {
         0, int, "0: decay the lr every epoch (ExponentialLR); N > 0: multiply it by lr_decay every N epochs (StepLR, "
         "e.g. MTAN's NYUv2 schedule: lr_decay=0.5, lr_step_every=100)", low=0
     ),
+    "lr_schedule": Hyperparameter(
+        "exponential", str, "exponential: lr_decay every epoch (or every lr_step_every epochs); plateau: "
+        "ReduceLROnPlateau on the validation score, lr *= plateau_factor after plateau_patience epochs without "
+        "improvement, down to plateau_min_lr (Nash-MTL's and `002`'s QM9 schedule)", choices=LR_SCHEDULES
+    ),
+    "plateau_factor": Hyperparameter(0.7, float, "lr_schedule=plateau: factor of each reduction", low=0.0, high=1.0,
+                                     open_low=True, open_high=True),
+    "plateau_patience": Hyperparameter(5, int, "lr_schedule=plateau: epochs without improvement before a reduction",
+                                       low=0),
+    "plateau_min_lr": Hyperparameter(1e-5, float, "lr_schedule=plateau: the lr is never reduced below this", low=0.0),
     "grad_level": Hyperparameter(
         "param", str, "gradient methods: 'param' (shared parameters) or 'feature' (representation)", choices=GRAD_LEVELS
     ),
@@ -111,6 +122,10 @@ def resolve(config: Mapping[str, Any], options: Mapping[str, Any] | None = None)
     if str(merged["batched_grads"]).lower() not in BATCHED:
         raise ConfigError(f"batched_grads must be auto, true or false, got {merged['batched_grads']!r}")
     merged["batched_grads"] = str(merged["batched_grads"]).lower()
+    if merged["lr_schedule"] == "plateau" and (merged["lr_decay"] != 1.0 or merged["lr_step_every"] != 0):
+        raise ConfigError(f"lr_schedule=plateau reduces the lr on the validation score; lr_decay "
+                          f"({merged['lr_decay']}) and lr_step_every ({merged['lr_step_every']}) are for "
+                          "lr_schedule=exponential: leave them at 1.0 and 0, or set plateau_factor / plateau_patience")
     if "method" not in merged:
         raise ConfigError("the config names no method")
     return merged

@@ -78,7 +78,16 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         gamma = self.config["lr_decay"]
         step_every = int(self.config["lr_step_every"])
-        if gamma == 1.0:
+        #: Steps on the epoch's validation score (after validation), not once per epoch before it.
+        self.on_plateau = self.config["lr_schedule"] == "plateau"
+        if self.on_plateau:
+            # Nash-MTL's QM9 trainer (experiments/quantum_chemistry/trainer.py): ReduceLROnPlateau(mode="min",
+            # factor=0.7, patience=5, min_lr=1e-5) stepped on the validation Δm (lower is better). The score
+            # here is -Δm, so it steps on -score with mode "min": the same relative threshold (1e-4) as theirs
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=self.config["plateau_factor"],
+                patience=int(self.config["plateau_patience"]), min_lr=self.config["plateau_min_lr"])
+        elif gamma == 1.0:
             self.scheduler = None
         elif step_every > 0:
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_every, gamma)
@@ -309,10 +318,12 @@ class Trainer:
         metrics: dict[str, float] = {"train/lr": self.optimizer.param_groups[0]["lr"]}
         metrics.update(self.train_epoch())
         self.epoch += 1
-        if self.scheduler is not None:
+        if self.scheduler is not None and not self.on_plateau:
             self.scheduler.step()
         val = self.evaluate("val")
         score = self.problem.score(val, self.method.trained_tasks())
+        if self.on_plateau:
+            self.scheduler.step(-score)
         metrics.update(flatten("val", val))
         metrics["val/score"] = score
         if score > self.best["best/val_score"] or self.best["best/epoch"] == 0:

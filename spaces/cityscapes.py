@@ -21,6 +21,15 @@ CITYSCAPES_WEIGHT_DECAY_GRID = (1e-4, 1e-5, 0.0)
 # above 1e-5, the grid's other value; so every search picks from the three values.
 _COMMON = {"lr": log_uniform(CITYSCAPES_LR_GRID), "weight_decay": CITYSCAPES_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
 _CONSTANTS = {"batch_size": 32, "lr_decay": 0.95}
+_DEVIATIONS = (
+    "the optimizer is searched (adam, adamw, sgd), as `003` asks; `002` used Adam (--param optimizer=adam)",
+    "encoders start from random weights (pretrained=false, offline); `002` used ImageNet-pretrained ones "
+    "(--param pretrained=true loads torchvision's from the local cache)",
+    "crowd regions (an id < 1000 of an instance class) are left out of the instance task; the `002` code "
+    "counts each as one instance",
+    "with the MTAN .npy layout, or an official layout that lacks some listed frames, the split is a "
+    "fixed-seed random one of the same sizes, not the authors' frames",
+)
 _METHOD_OVERRIDES = {
     "auto_lambda": {"aux_lr_scale": log_uniform((100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001))},
     "rotograd": {"feature_size": (512,)},
@@ -38,6 +47,10 @@ def cityscapes_space(variant: str, description: str) -> SearchSpace:
         method_overrides=_METHOD_OVERRIDES,
         default_methods=("ew", "uw", "cagrad", "famo", "nash_mtl", "single_task"),
         max_epochs=150,
+        reproduces="`002` §3.3, as run by its authors' scripts/cityscapes/*.sh "
+                   "(Gabriel-SGama/UnitScal_vs_SMTOs): their train / validation / test frames "
+                   "(split=auto uses their lists when the official layout holds every listed frame)",
+        deviations=_DEVIATIONS,
     )
 
 

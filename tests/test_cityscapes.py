@@ -452,3 +452,59 @@ def test_source_option_pins_the_layout_the_runs_logged(tmp_path):
         assert pin == {"layout": layout}
         assert problem.prepare(str(root), pin)["source"] == source
     assert problem.source_option("something-else") == {}
+
+
+# ----------------------------------------------------------------------------- the `002` authors' split
+
+
+def test_the_shipped_002_split_lists():
+    """2,380 / 595 frames of official train and 500 of official val (`002` §3.3), disjoint."""
+    from trainables.problems.cityscapes_split import listed_frames
+
+    train, val, test = (listed_frames(p) for p in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (2380, 595, 500)
+    assert len(set(train) | set(val)) == 2975 and len(set(test)) == 500
+    assert all(f.startswith("train/") for f in train + val) and all(f.startswith("val/") for f in test)
+    assert train[0] == "train/aachen/aachen_000001_000019" and val[0] == "train/aachen/aachen_000000_000019"
+
+
+def write_lists(directory: Path, parts: dict[str, list[str]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for part, frames in parts.items():
+        (directory / f"{part}.txt").write_text("# a comment line\n" + "\n".join(frames) + "\n")
+    return directory
+
+
+def test_split_002_selects_exactly_the_listed_frames(tmp_path, monkeypatch):
+    from trainables.problems import cityscapes_split
+    from trainables.problems.cityscapes_split import frame_id
+
+    lists = {"train": ["train/aachen/aachen_000004_000019", "train/aachen/aachen_000001_000019",
+                       "train/aachen/aachen_000002_000019"],
+             "val": ["train/aachen/aachen_000000_000019", "train/aachen/aachen_000005_000019"],
+             "test": ["val/frankfurt/frankfurt_000002_000019", "val/frankfurt/frankfurt_000000_000019"]}
+    monkeypatch.setattr(cityscapes_split, "LISTS", write_lists(tmp_path / "lists", lists))
+    root = write_official(tmp_path / "city", n_train=6, n_val=3)  # aachen_000003 and frankfurt_000001 unlisted
+    problem = build_problem("cityscapes", {"variant": "19c"})
+    data = problem.prepare(str(root), problem.defaults)
+    config = {**problem.defaults, "height": 8, "width": 16, "num_workers": 0, "batch_size": 2}
+    for split in ("002", "auto"):
+        sets, source = problem._datasets(data, {**config, "split": split})
+        for part in ("train", "val", "test"):
+            assert [frame_id(sets[part].base.images[f]) for f in sets[part].frames] == lists[part], (split, part)
+        assert "the `002` authors' split (train 3, val 2 of official train; test 2 of official val)" in source
+    sets, source = problem._datasets(data, {**config, "split": "random"})
+    assert (len(sets["train"]), len(sets["val"]), len(sets["test"])) == (4, 2, 3) and "seed 0" in source
+
+    # a layout without every listed frame: 002 is a one-line error, auto falls back to the random split
+    missing = write_official(tmp_path / "small", n_train=4, n_val=3)
+    small = problem.prepare(str(missing), problem.defaults)
+    with pytest.raises(DataError, match="lacks some of them"):
+        problem._datasets(small, {**config, "split": "002"})
+    assert "seed 0" in problem._datasets(small, {**config, "split": "auto"})[1]
+    with pytest.raises(ConfigError, match="cityscapes split must be one of auto, 002, random"):
+        problem.prepare(str(root), {**problem.defaults, "split": "mine"})
+    r50 = build_problem("cityscapes", {"variant": "r50"})  # no instance task: the npy layout serves it
+    npy_data = r50.prepare(str(write_npy(tmp_path / "npy")), {**r50.defaults, "layout": "npy"})
+    with pytest.raises(ConfigError, match="split=002 names frames of the official layout"):
+        r50._datasets(npy_data, {**config, "split": "002"})

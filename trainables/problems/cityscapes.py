@@ -14,9 +14,11 @@ Data, two layouts (``layout``: auto, official or npy):
 * official - ``leftImg8bit/``, ``gtFine/``, ``disparity/`` with train/val(/test), read with
   ``torchvision.datasets.Cityscapes`` (images, ``*_labelIds.png``, ``*_instanceIds.png``)
   plus the 16-bit ``*_disparity.png`` (Cityscapes' encoding: d = (p - 1) / 256 px for p > 0,
-  p = 0 invalid). As the `002` authors (``loaders/city_preprocess.py``): train is split into
-  train / validation (fraction ``val_fraction``, seed ``split_seed``), the official val set
-  is the test set; images are resized bilinearly, label / instance / disparity maps with
+  p = 0 invalid). The split (option ``split``, ``trainables.problems.cityscapes_split``):
+  ``002`` (or ``auto`` when the layout holds every listed frame) takes the `002` authors' own
+  lists, 2,380 / 595 frames of official train and 500 of official val; ``random`` (what
+  ``auto`` falls back to) splits train into train / validation (fraction ``val_fraction``,
+  seed ``split_seed``) with the official val set as the test set. Images are resized bilinearly, label / instance / disparity maps with
   nearest neighbour, and disparity is rescaled to pixels of the new width (x W / W_orig).
   Resized samples are cached as ``.npz`` under ``<root>/searcher_cache/<H>x<W>/`` (option
   ``cache``), since decoding 2048x1024 PNGs dominates an epoch otherwise.
@@ -41,8 +43,8 @@ The common ``dropout`` is the heads' ASPP dropout (0 in the `002` scripts, ``--p
 
 Options (``--param``): layout, height / width (override the variant's resolution, e.g. for
 tests), num_workers (DataLoader workers; pinned memory on CUDA), pretrained (ImageNet
-encoder weights, off by default; the `002` authors used them), augment, cache,
-val_fraction and split_seed (the train / validation split).
+encoder weights, off by default; the `002` authors used them), augment, cache, split
+(auto, 002, random), val_fraction and split_seed (the random train / validation split).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from trainables import dense_metrics as dm
 from trainables.errors import ConfigError, DataError
+from trainables.problems import cityscapes_split
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
 from trainables.problems.dense_models import ResNetEncoder, deeplab_head, normalize_image
 
@@ -485,6 +488,7 @@ class Cityscapes(Problem):
             "pretrained": "false",
             "augment": "true",
             "cache": "true",
+            "split": "auto",
             "val_fraction": 0.2,
             "split_seed": 0,
         }
@@ -526,6 +530,9 @@ class Cityscapes(Problem):
         return {"layout": layout} if layout in ("official", "npy") else {}
 
     def prepare(self, data_dir: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
+        if str(config.get("split", "auto")) not in cityscapes_split.SPLITS:
+            raise ConfigError(f"cityscapes split must be one of {', '.join(cityscapes_split.SPLITS)}, "
+                              f"got {config.get('split')!r}")
         root, layout = locate(data_dir, str(config.get("layout", "auto")))
         if layout == "official":
             for folder, archive in (("leftImg8bit", "leftImg8bit"), ("gtFine", "gtFine"), ("disparity", "disparity")):
@@ -550,8 +557,10 @@ class Cityscapes(Problem):
         size = self.size(config)
         k, tasks = self.spec.num_classes, self.spec.tasks
         fraction, seed = float(config.get("val_fraction", 0.2)), int(config.get("split_seed", 0))
+        split = str(config.get("split", "auto"))
         aug = _flag(config.get("augment", True))
         if layout == "npy":
+            cityscapes_split.choose(split, layout, [], [], root)  # split=002 cannot be had: a one-line error
             stored = npy_resolution(Path(root) / "train")
             if size[0] > stored[0] or size[1] > stored[1]:
                 raise ConfigError(
@@ -568,13 +577,25 @@ class Cityscapes(Problem):
         else:
             cache = f"{root}/searcher_cache/{size[0]}x{size[1]}" if _flag(config.get("cache", True)) else None
             probe = OfficialCityscapes(root, "train", None, size, k, tasks)
-            train_idx, val_idx = split_indices(len(probe), fraction, seed)
+            test_probe = OfficialCityscapes(root, "val", None, size, k, tasks)
+            listed = cityscapes_split.choose(split, layout, probe.base.images, test_probe.base.images, root)
+            if listed is not None:
+                train_idx, val_idx, test_idx = listed["train"], listed["val"], listed["test"]
+            else:
+                (train_idx, val_idx), test_idx = split_indices(len(probe), fraction, seed), None
             sets = {
                 "train": OfficialCityscapes(root, "train", train_idx, size, k, tasks, augment=aug, cache_dir=cache),
                 "val": OfficialCityscapes(root, "train", val_idx, size, k, tasks, cache_dir=cache),
-                "test": OfficialCityscapes(root, "val", None, size, k, tasks, cache_dir=cache),
+                "test": OfficialCityscapes(root, "val", test_idx, size, k, tasks, cache_dir=cache),
             }
             test_from = "official val"
+            if listed is not None:
+                for split_set in sets.values():
+                    if len(split_set) == 0:
+                        raise DataError(f"Cityscapes under {root}: the `002` split selected no frame")
+                return sets, (f"cityscapes official {size[0]}x{size[1]} at {root}: the `002` authors' split "
+                              f"(train {len(train_idx)}, val {len(val_idx)} of official train; test {len(test_idx)} "
+                              "of official val)")
         for split, ds in sets.items():
             if len(ds) == 0:
                 raise DataError(f"Cityscapes {split} split under {root} is empty; {DOWNLOAD_HINT}")

@@ -25,8 +25,6 @@ _DEVIATIONS = (
     "the optimizer is searched (adam, adamw, sgd), as `003` asks; `002` used Adam (--param optimizer=adam)",
     "encoders start from random weights (pretrained=false, offline); `002` used ImageNet-pretrained ones "
     "(--param pretrained=true loads torchvision's from the local cache)",
-    "crowd regions (an id < 1000 of an instance class) are left out of the instance task; the `002` code "
-    "counts each as one instance",
     "with the MTAN .npy layout, or an official layout that lacks some listed frames, the split is a "
     "fixed-seed random one of the same sizes, not the authors' frames",
 )

@@ -168,6 +168,11 @@ def test_instance_offsets_to_the_centroid_by_hand():
         assert torch.isnan(off[:, r, c]).all()
     # offsets of one instance sum to zero (the centroid is their mean)
     assert off[:, :2, 1:].sum(dim=(1, 2)).abs().max() < 1e-6
+    # as the `002` code counts them: the car crowd (2, 0)-(2, 1) is one instance, centroid (2, 0.5); the rest alike
+    crowd = instance_offsets(ids, crowd=True)
+    assert crowd[:, 2, 0].tolist() == [0.0, 0.5] and crowd[:, 2, 1].tolist() == [0.0, -0.5]
+    assert torch.isnan(crowd[:, 0, 0]).all() and torch.isnan(crowd[:, 2, 2]).all()
+    assert torch.equal(crowd[:, :2].nan_to_num(99.0), off[:, :2].nan_to_num(99.0)) and torch.equal(crowd[:, 2, 3], off[:, 2, 3])
 
 
 # ----------------------------------------------------------------------------- official layout
@@ -508,3 +513,19 @@ def test_split_002_selects_exactly_the_listed_frames(tmp_path, monkeypatch):
     npy_data = r50.prepare(str(write_npy(tmp_path / "npy")), {**r50.defaults, "layout": "npy"})
     with pytest.raises(ConfigError, match="split=002 names frames of the official layout"):
         r50._datasets(npy_data, {**config, "split": "002"})
+
+
+def test_crowd_regions_are_instances_by_default_as_002_counts_them(tmp_path):
+    """The problem's default (``crowd_instances``): the crowd region of frame_arrays (row 12, columns 0-1, car)
+    is one instance in the instance targets, centroid (12, 0.5); ``crowd_instances=false`` leaves it out."""
+    root = write_official(tmp_path / "city")
+    problem = build_problem("cityscapes", {"variant": "19c"})
+    data = problem.prepare(str(root), problem.defaults)
+    config = {**problem.defaults, "height": H, "width": W, "num_workers": 0, "augment": "false", "cache": "false"}
+    for flag, expected in (("true", [[0.0, 0.0], [0.5, -0.5]]), ("false", None)):
+        sets, _ = problem._datasets(data, {**config, "crowd_instances": flag})
+        offsets = sets["train"][0][1][INSTANCE][:, 12, 0:2]
+        if expected is None:
+            assert torch.isnan(offsets).all()
+        else:
+            assert offsets.tolist() == expected

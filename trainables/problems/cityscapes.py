@@ -32,9 +32,10 @@ Targets: segmentation (N, H, W) long with -1 = ignore; disparity (N, 1, H, W) wi
 invalid; instance (N, 2, H, W): (dy, dx) from each pixel to the centroid of its instance
 (Kendall et al. 2018 §3.3 "instance regression"; MGDA / `002` code use pixel - centre, the
 opposite sign, which leaves the L1 loss and metric unchanged), NaN on pixels of no instance.
-Only ids >= 1000 of the 19 evaluated classes are instances (Cityscapes' encoding label_id *
-1000 + k); the `002` code also counts crowd regions (an id < 1000 of an instance class) as
-one instance each. Training samples are augmented as the `002` authors' ``--aug``: random
+Ids >= 1000 of the 19 evaluated classes are instances (Cityscapes' encoding label_id * 1000 +
+k); with ``crowd_instances`` (the default, as the `002` code's ``encode_instancemap``) each
+crowd region (an id < 1000 of an instance class, all such pixels of a class in a frame) is
+one instance too. Training samples are augmented as the `002` authors' ``--aug``: random
 rotation in [-10, 10] degrees and a horizontal flip with probability 0.5 (``augment``).
 
 Losses (`002` code, ``losses.py``): cross-entropy with ignore, L1 on valid disparity, L1 on
@@ -44,7 +45,8 @@ The common ``dropout`` is the heads' ASPP dropout (0 in the `002` scripts, ``--p
 Options (``--param``): layout, height / width (override the variant's resolution, e.g. for
 tests), num_workers (DataLoader workers; pinned memory on CUDA), pretrained (ImageNet
 encoder weights, off by default; the `002` authors used them), augment, cache, split
-(auto, 002, random), val_fraction and split_seed (the random train / validation split).
+(auto, 002, random), crowd_instances, val_fraction and split_seed (the random train /
+validation split).
 """
 
 from __future__ import annotations
@@ -146,22 +148,28 @@ def decode_disparity(raw: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return torch.where(raw > 0, (raw - 1.0) / 256.0 * scale, torch.zeros_like(raw))
 
 
-def instance_mask(instance_ids: torch.Tensor) -> torch.Tensor:
-    """Pixels of an individual instance: id >= 1000 of an evaluated class with instances."""
+def instance_mask(instance_ids: torch.Tensor, crowd: bool = False) -> torch.Tensor:
+    """Pixels of an individual instance: id >= 1000 of an evaluated class with instances; with
+    ``crowd``, also a crowd region of such a class (its id is the label id, < 1000), one
+    instance per class and image, as the `002` code's ``encode_instancemap`` counts it."""
     ids = instance_ids.long()
-    return (ids >= 1000) & INSTANCE_CLASSES[(ids // 1000).clamp(0, 255)]
+    mask = (ids >= 1000) & INSTANCE_CLASSES[(ids // 1000).clamp(0, 255)]
+    if crowd:
+        mask |= (ids > 0) & (ids < 1000) & INSTANCE_CLASSES[ids.clamp(0, 255)]
+    return mask
 
 
-def instance_offsets(instance_ids: torch.Tensor) -> torch.Tensor:
+def instance_offsets(instance_ids: torch.Tensor, crowd: bool = False) -> torch.Tensor:
     """(H, W) ``*_instanceIds`` -> (2, H, W) offsets (dy, dx) to the instance centroid, NaN off instances.
 
     The centroid is the mean (row, column) of the instance's pixels; the target is
-    centroid - pixel (Kendall et al. 2018 §3.3).
+    centroid - pixel (Kendall et al. 2018 §3.3). ``crowd``: crowd regions count as instances
+    (``instance_mask``).
     """
     ids = instance_ids.long()
     h, w = ids.shape
     out = torch.full((2, h, w), math.nan, dtype=torch.float32)
-    mask = instance_mask(ids)
+    mask = instance_mask(ids, crowd)
     if not bool(mask.any()):
         return out
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
@@ -224,6 +232,7 @@ class OfficialCityscapes(Dataset):
         tasks: tuple[str, ...],
         augment: bool = False,
         cache_dir: str | None = None,
+        crowd: bool = False,
     ) -> None:
         from torchvision.datasets import Cityscapes
 
@@ -235,6 +244,8 @@ class OfficialCityscapes(Dataset):
         self.frames = [order[i] for i in indices] if indices is not None else order
         self.root, self.split, self.size = root, split, size
         self.num_classes, self.tasks, self.augment = num_classes, tasks, augment
+        #: Crowd regions as instances (``instance_mask``).
+        self.crowd = crowd
         self.cache_dir = Path(cache_dir) / split if cache_dir else None
 
     def __len__(self) -> int:
@@ -301,7 +312,7 @@ class OfficialCityscapes(Dataset):
         label_ids, instance_ids, disparity = maps[0].long(), maps[1].long(), maps[2]
         targets = {SEGMENTATION: encode_labels(label_ids, self.num_classes), DISPARITY: disparity.float().unsqueeze(0)}
         if INSTANCE in self.tasks:
-            targets[INSTANCE] = instance_offsets(instance_ids)
+            targets[INSTANCE] = instance_offsets(instance_ids, self.crowd)
         return normalize_image(image), {t: targets[t] for t in self.tasks}
 
 
@@ -489,6 +500,7 @@ class Cityscapes(Problem):
             "augment": "true",
             "cache": "true",
             "split": "auto",
+            "crowd_instances": "true",
             "val_fraction": 0.2,
             "split_seed": 0,
         }
@@ -583,10 +595,12 @@ class Cityscapes(Problem):
                 train_idx, val_idx, test_idx = listed["train"], listed["val"], listed["test"]
             else:
                 (train_idx, val_idx), test_idx = split_indices(len(probe), fraction, seed), None
+            crowd = _flag(config.get("crowd_instances", True))
             sets = {
-                "train": OfficialCityscapes(root, "train", train_idx, size, k, tasks, augment=aug, cache_dir=cache),
-                "val": OfficialCityscapes(root, "train", val_idx, size, k, tasks, cache_dir=cache),
-                "test": OfficialCityscapes(root, "val", test_idx, size, k, tasks, cache_dir=cache),
+                "train": OfficialCityscapes(root, "train", train_idx, size, k, tasks, augment=aug, cache_dir=cache,
+                                            crowd=crowd),
+                "val": OfficialCityscapes(root, "train", val_idx, size, k, tasks, cache_dir=cache, crowd=crowd),
+                "test": OfficialCityscapes(root, "val", test_idx, size, k, tasks, cache_dir=cache, crowd=crowd),
             }
             test_from = "official val"
             if listed is not None:

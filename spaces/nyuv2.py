@@ -59,3 +59,25 @@ NYUV2_R50 = SearchSpace(
     default_methods=DEFAULT_METHODS,
     max_epochs=200,
 )
+
+NYUV2_MTAN = SearchSpace(
+    name="nyuv2_mtan",
+    problem="nyuv2",
+    problem_options={"model": "segnet_mtan"},
+    description="NYUv2 as MTAN / `000` Table 2 / Nash-MTL: SegNet + MTAN attention, all 795 training images",
+    common={},  # the reference runs fix every common setting
+    constants={"batch_size": 2, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "dropout": 0.0,
+               "validation": "test"},
+    default_methods=DEFAULT_METHODS,
+    max_epochs=200,
+    reproduces="MTAN (Liu et al., CVPR 2019) and `000` Table 2 (LibMTL, Nash-MTL): lorenmt/mtan "
+               "im2im_pred/model_segnet_mtan.py (SegNet + task attention, Adam lr 1e-4, StepLR(100, 0.5), "
+               "batch 2, 200 epochs, trained on all 795 training images, the best epoch reported on the 654 "
+               "test images)",
+    deviations=(
+        "augmentation (random zoom 1.0/1.2/1.5 and flip) is on, as Nash-MTL's and CAGrad's runs and `000` "
+        "Table 1 (aug: True); MTAN's paper trained without it (--param augment=false)",
+        "metrics are accumulated over the whole test split (as LibMTL); MTAN and Nash-MTL average per batch",
+        "values are fractions (mIoU 0.38); the papers print percent (38.0)",
+    ),
+)

@@ -142,6 +142,16 @@ def test_validation_is_a_seeded_part_of_train_and_test_is_mtans_val(tiny):
     assert inputs.shape == (2, 3, 32, 48)
     assert targets["segmentation"].shape == (2, 32, 48) and targets["depth"].shape == (2, 1, 32, 48)
     assert targets["normal"].shape == (2, 3, 32, 48)
+    assert "validation = 1 held-out train images (seed 0)" in splits.source
+
+    # validation=test: MTAN / LibMTL / Nash-MTL train on all of train/ and pick the epoch on the test images
+    as_reference = {**config, "validation": "test"}
+    splits = problem.load(problem.prepare(str(root), as_reference), as_reference, torch.Generator().manual_seed(0),
+                          torch.device("cpu"))
+    assert splits.sizes == {"train": 5, "val": 2, "test": 2} and "validation = test" in splits.source
+    assert splits.val.dataset.folder == splits.test.dataset.folder == root / "val"
+    with pytest.raises(ConfigError, match="validation must be one of holdout, test"):
+        problem.prepare(str(root), {**config, "validation": "train"})
 
 
 def test_workers_give_the_same_batches(tiny):
@@ -397,3 +407,70 @@ def test_cli_without_data_says_where_to_get_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("searcher: error: NYUv2 not found") and "nyuv2.zip" in err and "--data-dir" in err
+
+
+# --------------------------------------------------------------------------- SegNet + MTAN
+
+
+def reference_mtan_parameters(f=(64, 128, 256, 512, 512), classes=13) -> int:
+    """The parameters of lorenmt/mtan's ``model_segnet_mtan.SegNet``, counted from its layer lists."""
+    def conv(cin, cout, k):
+        return cin * cout * k * k + cout
+
+    def conv_layer(cin, cout):  # 3x3 conv + BN
+        return conv(cin, cout, 3) + 2 * cout
+
+    def att_layer(c0, c1, c2):  # 1x1 conv + BN + 1x1 conv + BN
+        return conv(c0, c1, 1) + 2 * c1 + conv(c1, c2, 1) + 2 * c2
+
+    n = conv_layer(3, f[0]) + conv_layer(f[0], f[0])  # encoder_block, decoder_block
+    n += sum(conv_layer(f[i], f[i + 1]) + conv_layer(f[i + 1], f[i]) for i in range(4))
+    n += 2 * conv_layer(f[0], f[0])  # conv_block_enc, conv_block_dec
+    n += conv_layer(f[1], f[1]) + conv_layer(f[0], f[0])
+    n += sum(2 * conv_layer(f[i + 1], f[i + 1]) + 2 * conv_layer(f[i], f[i]) for i in range(1, 4))
+    n += 3 * (att_layer(f[0], f[0], f[0]) + att_layer(2 * f[0], f[0], f[0]))  # encoder_att, decoder_att
+    n += 3 * sum(att_layer(2 * f[i + 1], f[i + 1], f[i + 1]) + att_layer(f[i + 1] + f[i], f[i], f[i]) for i in range(4))
+    n += conv_layer(f[0], f[1]) + conv_layer(f[0], f[0])  # encoder_block_att, decoder_block_att
+    n += sum(conv_layer(f[i + 1], f[i + 2] if i < 3 else f[i + 1]) + conv_layer(f[i + 1], f[i] if i < 3 else f[i + 1])
+             for i in range(4))
+    n += sum(conv(f[0], f[0], 3) + conv(f[0], c, 1) for c in (classes, 1, 3))  # pred_task1..3
+    return n + 3  # logsigma (here: the uw method's own parameters)
+
+
+def test_segnet_mtan_has_the_reference_architecture():
+    """Parameter count equal to the reference model's (less its 3 logsigma), 1.77x the single-task SegNet's 24,981,069
+    as MTAN's Table 3 prints (#P 1.77); every attention mask at its stage's width and resolution, in (0, 1)."""
+    problem = build_problem("nyuv2", {"model": "segnet_mtan"})
+    model = problem.build_model(problem.defaults)
+    count = sum(p.numel() for p in model.parameters())
+    assert count + 3 == reference_mtan_parameters() == 44_229_076
+    assert round((count + 3) / 24_981_069, 2) == 1.77
+    shared = {id(p) for p in model.shared_parameters()}
+    assert all(id(p) in shared for p in model.encoder.encoder_block_att.parameters())  # shared by the tasks
+    assert not any(id(p) in shared for p in model.heads.parameters())
+
+    f = (4, 8, 8, 16, 16)
+    small = problem.build_model({**problem.defaults, "segnet_filters": ",".join(map(str, f))})
+    assert sum(p.numel() for p in small.parameters()) + 3 == reference_mtan_parameters(f)
+    masks: dict[str, tuple] = {}
+    head = small.heads["depth"]
+    for j in range(5):
+        head.encoder_att[j].register_forward_hook(lambda m, i, o, j=j: masks.__setitem__(f"enc{j}", o))
+        head.decoder_att[j].register_forward_hook(lambda m, i, o, j=j: masks.__setitem__(f"dec{j}", o))
+    small(torch.rand(2, 3, 32, 48))
+    for j in range(5):  # stage j at 32x48 / 2^j: encoder masks of width f[j]; decoder masks of the width the
+        # decoder stage outputs, f[j - 1] (f[0] at the first stage), as the reference's decoder_att
+        for kind, width in (("enc", f[j]), ("dec", f[max(j - 1, 0)])):
+            mask = masks[f"{kind}{j}"]
+            assert tuple(mask.shape) == (2, width, 32 >> j, 48 >> j), (kind, j)
+            assert 0 < mask.min() and mask.max() < 1
+    check_forward_backward(small, (32, 48))
+
+
+def test_segnet_mtan_trains_through_the_cli_with_a_gradient_method(tiny, tmp_path):
+    from searcher.cli import main
+
+    root, _ = tiny
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["train", "--space", "nyuv2_mtan", "--method", "cagrad", "--data-dir", str(root), "--max-epochs", "1",
+                 *TINY, "--tracking-uri", uri]) == 0

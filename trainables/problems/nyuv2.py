@@ -8,10 +8,12 @@ Data: MTAN's preprocessed NYUv2 (lorenmt/mtan README; ``im2im_pred/create_datase
     <root>/{train,val}/depth/{i}.npy    (288, 384, 1) float metres, 0 = no measurement
     <root>/{train,val}/normal/{i}.npy   (288, 384, 3) float unit normals, 0 vector = none
 
-MTAN, CAGrad and Nash-MTL evaluate on ``val`` (the 654 official test images) and select
-nothing on held-out data. We keep ``val`` as the **test** split and split a validation set
-off ``train`` with a fixed seed (``val_fraction`` 0.2 = 159 of the 795 training images, as
-`003` A3.1 and LibMTL do), so the epoch picked on validation never saw the test images.
+MTAN, LibMTL, CAGrad and Nash-MTL train on all 795 training images and report the best epoch
+on ``val`` (the 654 official test images): option ``validation=test`` does the same (the
+space ``nyuv2_mtan``). By default (``validation=holdout``) ``val`` is the **test** split and a
+validation set is split off ``train`` with a fixed seed (``val_fraction`` 0.2 = 159 of the 795
+training images, as `003` A3.1 does), so the epoch picked on validation never saw the test
+images; the splits' description (logged with every run) says which.
 
 Training batches get CAGrad's / Nash-MTL's augmentation (``augment``, on by default as in
 `000` Table 1 "aug: True" and `003` A3.1; MTAN's paper trained without it): a random zoom by
@@ -25,13 +27,14 @@ predicted and true normals (mean, median, fraction within 11.25 / 22.5 / 30 degr
 accumulated over a whole split.
 
 Models (``model``): MTAN's SegNet "split" baseline (shared encoder-decoder, z = the last
-decoder feature map, a small conv head per task), or a dilated ResNet with one DeepLabv3 head
+decoder feature map, a small conv head per task), SegNet + MTAN's task attention
+(``segnet_mtan``, ``trainables.problems.mtan``), or a dilated ResNet with one DeepLabv3 head
 per task (`001` A.1, `003` §4.1.2: ResNet-50; ResNet-18 as in `004`), from
 ``trainables.problems.dense_models``.
 
 Options (``--param``): ``height`` / ``width`` (every split resized to them, 288x384 native),
-``num_workers`` (DataLoader workers; memory pinned on CUDA), ``augment``, ``val_fraction`` and
-``split_seed`` (the validation split), ``pretrained`` (ImageNet ResNet weights, off; they are
+``num_workers`` (DataLoader workers; memory pinned on CUDA), ``augment``, ``validation``
+(holdout or test), ``val_fraction`` and ``split_seed`` (the holdout split), ``pretrained`` (ImageNet ResNet weights, off; they are
 downloaded by torchvision), ``segnet_filters`` (SegNet widths, narrow for tests).
 """
 
@@ -69,8 +72,10 @@ NUM_CLASSES = 13
 NATIVE_SIZE = (288, 384)
 KINDS = ("image", "label", "depth", "normal")
 TASKS = ("segmentation", "depth", "normal")
+#: Where the epoch is selected (option ``validation``).
+VALIDATION = ("holdout", "test")
 DOWNLOAD = "https://www.dropbox.com/s/p2nn02wijg7peiy/nyuv2.zip"
-MODELS = {"segnet": None, "resnet18_deeplab": "resnet18", "resnet50_deeplab": "resnet50"}
+MODELS = {"segnet": None, "segnet_mtan": None, "resnet18_deeplab": "resnet18", "resnet50_deeplab": "resnet50"}
 #: MTAN's SegNet widths ("standard"; its "wide" variant ends in 1024).
 SEGNET_FILTERS = "64,128,256,512,512"
 #: The angle thresholds of `000` Table 2 ("Within t degrees").
@@ -456,6 +461,12 @@ def parse_int(name: str, value: Any, minimum: int = 0) -> int:
     return out
 
 
+def parse_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if str(value) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
 def parse_float(name: str, value: Any) -> float:
     try:
         return float(value)
@@ -499,6 +510,9 @@ class NYUv2(Problem):
             "width": NATIVE_SIZE[1],
             "num_workers": 4,  # DataLoader workers; pinned memory whenever the device is CUDA
             "augment": True,  # zoom-crop + flip of training batches (Nash-MTL / CAGrad)
+            # holdout: a validation split off train/ (159 of 795, `003` A3.1); test: train on all 795 and
+            # select on the test images, as MTAN, LibMTL and Nash-MTL do (`000` Table 2)
+            "validation": "holdout",
             "val_fraction": 0.2,  # of MTAN's train folder -> our validation split (159 of 795)
             "split_seed": 0,  # seed of that split
             "pretrained": False,  # ImageNet weights for the ResNet (downloaded by torchvision)
@@ -507,7 +521,7 @@ class NYUv2(Problem):
 
     @property
     def tasks(self) -> list[TaskSpec]:
-        ref = _REFERENCE_SEGNET if self.model == "segnet" else _REFERENCE_DEEPLAB
+        ref = _REFERENCE_SEGNET if MODELS[self.model] is None else _REFERENCE_DEEPLAB
         return [
             TaskSpec("segmentation", SEGMENTATION_METRICS, ref["segmentation"], "softmax"),
             TaskSpec("depth", DEPTH_METRICS, ref["depth"], "laplace"),
@@ -517,12 +531,13 @@ class NYUv2(Problem):
     def _options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         c = {**self.defaults, **config}
         pretrained = parse_bool("pretrained", c["pretrained"])
-        if pretrained and self.model == "segnet":
+        if pretrained and MODELS[self.model] is None:
             raise ConfigError("pretrained applies to the ResNet models only (MTAN's SegNet trains from scratch)")
         return {
             "size": (parse_int("height", c["height"], minimum=32), parse_int("width", c["width"], minimum=32)),
             "num_workers": parse_int("num_workers", c["num_workers"]),
             "augment": parse_bool("augment", c["augment"]),
+            "validation": parse_choice("validation", c["validation"], VALIDATION),
             "val_fraction": parse_float("val_fraction", c["val_fraction"]),
             "split_seed": parse_int("split_seed", c["split_seed"]),
             "pretrained": pretrained,
@@ -547,12 +562,22 @@ class NYUv2(Problem):
             data = self.prepare(None, config)  # raises the one-line DataError
         o = self._options(config)
         root = Path(data["root"])
-        train_idx, val_idx = validation_indices(sample_count(root / "train"), o["val_fraction"], o["split_seed"])
-        datasets = {
-            "train": NYUv2Npy(root / "train", train_idx, o["size"], augment=o["augment"]),
-            "val": NYUv2Npy(root / "train", val_idx, o["size"]),
-            "test": NYUv2Npy(root / "val", None, o["size"]),
-        }
+        if o["validation"] == "test":
+            # MTAN, LibMTL, Nash-MTL (`000`): train on all of train/, select on the test images
+            datasets = {
+                "train": NYUv2Npy(root / "train", None, o["size"], augment=o["augment"]),
+                "val": NYUv2Npy(root / "val", None, o["size"]),
+                "test": NYUv2Npy(root / "val", None, o["size"]),
+            }
+            where = "validation = test (MTAN's val/: the epoch is picked on the test images, as MTAN and LibMTL do)"
+        else:
+            train_idx, val_idx = validation_indices(sample_count(root / "train"), o["val_fraction"], o["split_seed"])
+            datasets = {
+                "train": NYUv2Npy(root / "train", train_idx, o["size"], augment=o["augment"]),
+                "val": NYUv2Npy(root / "train", val_idx, o["size"]),
+                "test": NYUv2Npy(root / "val", None, o["size"]),
+            }
+            where = f"validation = {len(val_idx)} held-out train images (seed {o['split_seed']}), test = MTAN's val/"
         pin = device.type == "cuda"
         workers, bs = o["num_workers"], o["batch_size"]
         loaders = {}
@@ -571,12 +596,19 @@ class NYUv2(Problem):
                 generator=generator if train else torch.Generator().manual_seed(o["split_seed"]),
             )
         sizes = {split: len(d) for split, d in datasets.items()}
-        return Splits(loaders["train"], loaders["val"], loaders["test"], f"MTAN npy ({root})", sizes)
+        return Splits(loaders["train"], loaders["val"], loaders["test"], f"MTAN npy ({root}): {where}", sizes)
 
     def build_model(self, config: Mapping[str, Any]) -> MTLModel:
         o = self._options(config)
         outs = {"segmentation": NUM_CLASSES, "depth": 1, "normal": 3}
         backbone = MODELS[self.model]
+        if self.model == "segnet_mtan":
+            from trainables.problems.mtan import MTANShared, MTANTaskHead
+
+            shared = MTANShared(o["filters"])
+            heads = {t: MTANTaskHead(shared, n, o["dropout"]) for t, n in outs.items()}
+            heads["normal"] = nn.Sequential(heads["normal"], UnitNormal())
+            return MTLModel(shared, heads)
         if backbone is None:
             encoder = SegNetEncoderDecoder(o["filters"])
             heads = {t: segnet_head(encoder.out_channels, n, o["dropout"]) for t, n in outs.items()}

@@ -187,6 +187,8 @@ class ProblemInfo:
     #: Problem options that define what a run is comparable with (not searched, not common).
     option_keys: tuple[str, ...]
     problem: Any
+    #: Per task and metric, how papers print it: (scale, unit) (``Problem.units``).
+    units: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
 
     def source_keys(self, data_source: str) -> tuple[str, ...]:
         return tuple(self.problem.source_option(data_source)) if data_source else ()
@@ -222,7 +224,7 @@ def experiment_problem(space_ids: Sequence[str]) -> ProblemInfo:
                               f"{name}: {', '.join(found[name][1])}): report one problem per experiment")
     problem, directions = found[first]
     options = tuple(sorted(k for k in problem.defaults if k not in COMMON and k not in searched))
-    return ProblemInfo(", ".join(names), problem.name, directions, options, problem)
+    return ProblemInfo(", ".join(names), problem.name, directions, options, problem, problem.units())
 
 
 # ------------------------------------------------------------------ references
@@ -676,6 +678,7 @@ class Report:
     excluded: pd.DataFrame
     notes: list[str]
     stl: StlFile | None = None
+    units: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -684,6 +687,16 @@ class Report:
     @property
     def column_directions(self) -> list[bool]:
         return [h for ms in self.directions.values() for h in ms.values()]
+
+    def unit(self, column: str) -> tuple[float, str]:
+        """(scale, unit) the papers print ``task/metric`` in (values are logged unscaled)."""
+        task, _, metric = column.partition("/")
+        return self.units.get(task, {}).get(metric, (1.0, ""))
+
+    def shown(self, column: str, value: float, std: float = math.nan) -> tuple[float, float]:
+        """A metric's value (and std) in the unit the papers print it in."""
+        scale = self.unit(column)[0]
+        return value * scale, std * scale
 
     @property
     def main(self) -> GroupReport:
@@ -751,7 +764,7 @@ def build_report(uri: str, experiment: str, stl: str | Path | None = None) -> Re
     planned = requested_arms([r for r in everything if r.role == Role.SEARCH])
     methods = methods_table(records, planned, groups)
     return Report(experiment, experiment_id, uri, info.spaces, info.name, info.directions, records, groups, methods,
-                  excluded_table(records), notes, stl_file)
+                  excluded_table(records), notes, stl_file, info.units)
 
 
 def open_experiment(client: MlflowClient, name: str) -> str:

@@ -136,13 +136,14 @@ def methods_section(report: Report) -> list[str]:
 
 def group_section(report: Report, group: GroupReport, figures: Mapping[str, str]) -> list[str]:
     arrows = {c: "↑" if h else "↓" for c, h in zip(report.columns, report.column_directions)}
+    arrows = {c: f"{a} ({report.unit(c)[1]})" if report.unit(c)[1] else a for c, a in arrows.items()}
     title = f"Group {group.index}: {group.describe}" if len(report.groups) > 1 else f"Group: {group.describe}"
     out = [f"## {title}", ""]
     refs = group.references
     out.append(f"Single-task references: {refs.source}.")
     if refs.values is not None:
-        out.append("Reference values: " + ", ".join(f"{t}/{m} = {fmt(v)}" for t, ms in refs.values.items()
-                                                    for m, v in ms.items()) + ".")
+        out.append("Reference values: " + ", ".join(f"{t}/{m} = {fmt(report.shown(f'{t}/{m}', v)[0])}"
+                                                    for t, ms in refs.values.items() for m, v in ms.items()) + ".")
     if refs.refused:
         out += ["", "Refused as references for this group (trained on something else):", ""]
         out += [f"- {line}" for line in refs.refused]
@@ -158,7 +159,7 @@ def group_section(report: Report, group: GroupReport, figures: Mapping[str, str]
         for _, r in group.summary.iterrows():
             rows.append([r["method"], r["configuration"] or "-", seeds_cell(r["seeds"]),
                          fmt(r["val_score"], r["val_score_std"])]
-                        + [fmt(r[c], r[f"{c} std"]) for c in report.columns]
+                        + [fmt(*report.shown(c, r[c], r[f"{c} std"])) for c in report.columns]
                         + [fmt_ci(r["delta_m"], r["delta_m_std"], r["delta_m_ci_low"], r["delta_m_ci_high"]),
                            verdict_cell(r), fmt_ci(r["mean_rank"], math.nan, r["mean_rank_ci_low"], r["mean_rank_ci_high"]),
                            fmt(r["s_per_epoch"]), fmt_seconds(r["compute_s"])])
@@ -192,7 +193,7 @@ def group_section(report: Report, group: GroupReport, figures: Mapping[str, str]
                  verdict_cell({"vs_ew": r["vs_ew"], "vs_ew_p": r["vs_ew_p"], "vs_ew_on": "Δm"}),
                  fmt(r["source_delta_m"], r["source_delta_m_std"]),
                  f"{r['best_smto']} ({fmt(r['best_smto_delta_m'])})" if r["best_smto"] else "-"]
-                + [fmt(r[c], r[f"{c} std"]) for c in report.columns] for _, r in group.fixed.iterrows()]
+                + [fmt(*report.shown(c, r[c], r[f"{c} std"])) for c in report.columns] for _, r in group.fixed.iterrows()]
         out += [markdown_table(headers, rows), ""]
 
     frame = group.pareto_configs
@@ -211,7 +212,7 @@ def group_section(report: Report, group: GroupReport, figures: Mapping[str, str]
                                group.pareto_optimizers.values.tolist()), ""]
         out += [markdown_table(["method", "configuration", "optimizer", "seeds"] + [f"{c} {arrows[c]}" for c in report.columns],
                                [[r["label"], r["configuration"] or "-", r["optimizer"], int(r["runs"])]
-                                + [fmt(r[c], r[f"{c} std"]) for c in report.columns] for _, r in front.iterrows()]), ""]
+                                + [fmt(*report.shown(c, r[c], r[f"{c} std"])) for c in report.columns] for _, r in front.iterrows()]), ""]
     if f"pareto{group.suffix}" in figures:
         out += [f"![Pareto front]({figures[f'pareto{group.suffix}']})", ""]
     if group.weights:

@@ -78,6 +78,6 @@ NYUV2_MTAN = SearchSpace(
         "augmentation (random zoom 1.0/1.2/1.5 and flip) is on, as Nash-MTL's and CAGrad's runs and `000` "
         "Table 1 (aug: True); MTAN's paper trained without it (--param augment=false)",
         "metrics are accumulated over the whole test split (as LibMTL); MTAN and Nash-MTL average per batch",
-        "values are fractions (mIoU 0.38); the papers print percent (38.0)",
+        "runs log fractions (mIoU 0.38); reports print percent (38.0), as the papers",
     ),
 )

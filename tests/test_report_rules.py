@@ -266,3 +266,28 @@ def test_report_files_state_their_group(store, rules, tmp_path):
     for name in ("budget.png", "budget.html", "budget_curves.csv", "methods.csv", "pareto_configurations.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_values_are_printed_in_the_unit_the_papers_print(store, tmp_path):
+    """NYUv2 as `000` Table 2: mIoU and pixel accuracy in percent, angles in degrees; CSVs keep the logged values."""
+    from trainables.problems import build_problem
+
+    units = build_problem("nyuv2").units()
+    assert units["segmentation"]["miou"] == (100.0, "%") and units["normal"]["mean_angle"] == (1.0, "deg")
+    assert units["depth"]["abs_err"] == (1.0, "m") and units["normal"]["within_11.25"] == (100.0, "%")
+    assert build_problem("qm9").units()["U0"]["mae"] == (1.0, "meV")
+
+    client = MlflowClient(store)
+    exp = client.create_experiment("units")
+    run = client.create_run(exp, tags={"searcher.method": "ew", "searcher.space": "nyuv2", "searcher.status": "completed"},
+                            run_name="ew-0")
+    client.log_batch(run.info.run_id, params=[Param("method", "ew")],
+                     metrics=[Metric("best/val_score", -1.0, 0, 1), Metric("best/test/segmentation/miou", 0.4089, 0, 1),
+                              Metric("best/test/normal/mean_angle", 27.27, 0, 1)])
+    client.set_terminated(run.info.run_id)
+    out = tmp_path / "units"
+    assert main(["report", "--experiment", "units", "--out", str(out), "--tracking-uri", store]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "segmentation/miou ↑ (%)" in markdown and "normal/mean_angle ↓ (deg)" in markdown
+    assert "| 40.89 |" in markdown and "| 27.27 |" in markdown
+    assert pd.read_csv(out / "summary.csv").iloc[0]["segmentation/miou"] == pytest.approx(0.4089)

@@ -7,6 +7,7 @@ an epoch's value is exact whatever the batch size. ``delta_m`` is `002` eq. (1).
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
@@ -34,6 +35,14 @@ class MetricSpec:
     higher_is_better: bool
     fn: MetricFn
     reduce: ReduceFn = ratio
+    #: How the papers print it: ``value * scale`` in ``unit`` (e.g. a fraction x 100 in "%"); what
+    #: runs log is the value itself.
+    unit: str = ""
+    scale: float = 1.0
+
+    def shown(self, unit: str, scale: float = 1.0) -> "MetricSpec":
+        """The same metric, printed in ``unit`` (x ``scale``) by reports."""
+        return dataclasses.replace(self, unit=unit, scale=scale)
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:

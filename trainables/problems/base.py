@@ -122,6 +122,10 @@ class Problem(ABC):
     def higher_is_better(self) -> dict[str, dict[str, bool]]:
         return {t.name: {m.name: m.higher_is_better for m in t.metrics} for t in self.tasks}
 
+    def units(self) -> dict[str, dict[str, tuple[float, str]]]:
+        """Per task and metric, how reports print it: (scale, unit), e.g. (100, "%") for a fraction."""
+        return {t.name: {m.name: (m.scale, m.unit) for m in t.metrics} for t in self.tasks}
+
     def score(self, metrics: Mapping[str, Mapping[str, float]], tasks: list[str]) -> float:
         """Validation score used to pick the best epoch (higher is better).
 

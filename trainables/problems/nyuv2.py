@@ -330,13 +330,16 @@ def _threshold_name(t: float) -> str:
     return f"within_{t:g}"
 
 
+# Units as `000` Table 2 prints them: mIoU, pixel accuracy and the "within" fractions in percent,
+# angles in degrees, depth errors in metres (absolute) and as a ratio (relative).
 NORMAL_METRICS = (
-    MetricSpec("mean_angle", higher_is_better=False, fn=mean_angle),
-    MetricSpec("median_angle", higher_is_better=False, fn=angle_histogram, reduce=histogram_median),
-    *(MetricSpec(_threshold_name(t), higher_is_better=True, fn=within(t)) for t in ANGLE_THRESHOLDS),
+    MetricSpec("mean_angle", higher_is_better=False, fn=mean_angle, unit="deg"),
+    MetricSpec("median_angle", higher_is_better=False, fn=angle_histogram, reduce=histogram_median, unit="deg"),
+    *(MetricSpec(_threshold_name(t), higher_is_better=True, fn=within(t), unit="%", scale=100.0)
+      for t in ANGLE_THRESHOLDS),
 )
-SEGMENTATION_METRICS = (miou_metric(NUM_CLASSES), pixel_accuracy_metric())
-DEPTH_METRICS = (abs_error_metric(positive), rel_error_metric(positive))
+SEGMENTATION_METRICS = (miou_metric(NUM_CLASSES).shown("%", 100.0), pixel_accuracy_metric().shown("%", 100.0))
+DEPTH_METRICS = (abs_error_metric(positive).shown("m"), rel_error_metric(positive))
 
 
 def depth_delta1(pred: torch.Tensor, target: torch.Tensor) -> float | None:

@@ -6,7 +6,7 @@ first epoch). Each pass is timed on its own, with the number of training steps, 
 per-step figure and an extrapolation to a larger set can be read off.
 
     python bench/epoch_time.py --space qm9 --param subset=2000
-    python bench/epoch_time.py --space cityscapes_r18 --synthetic
+    python bench/epoch_time.py --space cityscapes_r18 --synthetic --param pretrained=false  # offline: no ImageNet weights
     python bench/epoch_time.py --space cityscapes_r18 --data-dir ~/data/cityscapes   # real data
 
 ``--synthetic`` writes a Cityscapes set of the real size in MTAN's preprocessed ``.npy`` layout

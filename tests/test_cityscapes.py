@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from searcher.cli import main
@@ -406,7 +407,7 @@ def test_spaces_follow_002():
         assert space.common["lr"].grid == (0.005, 0.001, 0.0005, 0.0001) and space.common["lr"].log
         # weight decay 0 has no log scale: the grid is searched as it is
         assert space.common["weight_decay"].grid == (1e-4, 1e-5, 0.0) and not space.common["weight_decay"].continuous
-        assert space.constants == {"batch_size": 32, "lr_decay": 0.95}
+        assert space.constants == {"batch_size": 32, "lr_decay": 0.95, "pretrained": "true"}  # as `002` ran
         assert space.max_epochs == 150
         aux = space.method_ranges("auto_lambda")["aux_lr_scale"]
         assert aux.grid == (100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001) and (aux.low, aux.high, aux.log) == (0.0001, 100.0, True)
@@ -431,11 +432,27 @@ def test_cli_train_19c_on_tiny_official_data(tmp_path, capsys):
         "train", "--space", "cityscapes_19c", "--method", "ew", "--data-dir", str(root), "--max-epochs", "1",
         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
         "--param", "height=16", "--param", "width=32", "--param", "num_workers=0", "--param", "batch_size=2",
+        "--param", "pretrained=false",
     ])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "test segmentation/miou" in out and "test instance/l1" in out and "test disparity/abs_err" in out
     assert "data: cityscapes-official" in out
+
+
+def test_cli_pretrained_weights_missing_offline_is_one_line_on_the_driver(tmp_path, capsys, monkeypatch):
+    """The Cityscapes spaces use ImageNet-pretrained encoders as `002`; offline without the weights in the torch hub
+    cache the command ends with one line naming the file, the folder and the way out, before any run is logged."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root = write_official(tmp_path / "city", n_train=5, n_val=2)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    code = main(["train", "--space", "cityscapes_19c", "--method", "ew", "--data-dir", str(root), "--max-epochs", "1",
+                 "--tracking-uri", uri, "--param", "height=16", "--param", "width=32"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "resnet18" in err and str(tmp_path / "torch") in err and "--param pretrained=false" in err
+    assert not (tmp_path / "m.db").exists() or not MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()])
 
 
 def test_cli_missing_data_is_one_line(tmp_path, capsys, monkeypatch):

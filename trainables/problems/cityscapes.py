@@ -68,7 +68,7 @@ from trainables import dense_metrics as dm
 from trainables.errors import ConfigError, DataError
 from trainables.problems import cityscapes_split
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
-from trainables.problems.dense_models import ResNetEncoder, deeplab_head, normalize_image
+from trainables.problems.dense_models import ResNetEncoder, check_pretrained, deeplab_head, normalize_image
 
 SEGMENTATION, DISPARITY, INSTANCE = "segmentation", "disparity", "instance"
 IGNORE = dm.IGNORE_INDEX  # -1, as the MTAN files and the `002` code
@@ -560,6 +560,8 @@ class Cityscapes(Problem):
                 "lacks; use the official layout (leftImg8bit/, gtFine/, disparity/ from "
                 "https://www.cityscapes-dataset.com/downloads/)"
             )
+        if _flag(config.get("pretrained", False)):
+            check_pretrained(self.spec.backbone)  # on the driver, before any trial asks for the weights
         # "source" is what the runs log as their data source (searcher.session.data_source).
         return {"data_dir": str(root), "layout": layout, "source": f"cityscapes-{layout}"}
 

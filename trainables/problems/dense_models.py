@@ -101,6 +101,11 @@ def _dilate_basic_layers(net: nn.Module) -> None:
                 module.dilation = module.padding = (dilation, dilation)
 
 
+def check_pretrained(backbone: str) -> None:
+    """On the driver: a one-line ConfigError when ``backbone``'s ImageNet weights cannot be had."""
+    _check_weights_reachable(BACKBONES[backbone][1])
+
+
 def _check_weights_reachable(weights: Any) -> None:
     """Fail in one line, before any download, when ImageNet weights are asked for offline."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -108,7 +113,7 @@ def _check_weights_reachable(weights: Any) -> None:
     if offline and not cached.is_file():
         raise ConfigError(
             f"pretrained=true needs {weights.url} in {cached.parent} (SEARCHER_OFFLINE is set); "
-            "download it there or drop --param pretrained=true"
+            "download it there, or train from scratch with --param pretrained=false"
         )
 
 

@@ -727,11 +727,12 @@ class Report:
 
 
 def build_group(client: MlflowClient, index: int, key: Comparability, records: list[RunRecord],
-                elsewhere: Mapping[Comparability, Mapping[str, Configuration]], info: ProblemInfo,
-                stl: StlFile | None, notes: list[str]) -> GroupReport:
+                configurations: list[Configuration], elsewhere: Mapping[Comparability, Mapping[str, Configuration]],
+                info: ProblemInfo, stl: StlFile | None, notes: list[str]) -> GroupReport:
+    """Every table of the group ``key`` (``configurations``: its runs grouped; ``elsewhere``: the
+    best configurations of every group, its own included)."""
     directions = info.directions
-    configurations = group_configurations(records)
-    best = best_configurations(configurations)
+    best = dict(elsewhere[key])
     references = group_references(key, best, elsewhere, directions, stl)
     varying = varying_params(records)
     cost = {label: cost_of([r for r in records if r.label == label]) for label in best}
@@ -758,9 +759,11 @@ def build_report(uri: str, experiment: str, stl: str | Path | None = None) -> Re
     for record in records:
         by_key.setdefault(info.key(record), []).append(record)
     keys = sorted(by_key, key=lambda k: (-len(by_key[k]), k.describe()))
-    best_by_key = {k: best_configurations(group_configurations(by_key[k])) for k in keys}
+    configurations = {k: group_configurations(by_key[k]) for k in keys}
+    best_by_key = {k: best_configurations(configurations[k]) for k in keys}
     notes: list[str] = []
-    groups = [build_group(client, i, k, by_key[k], best_by_key, info, stl_file, notes) for i, k in enumerate(keys, 1)]
+    groups = [build_group(client, i, k, by_key[k], configurations[k], best_by_key, info, stl_file, notes)
+              for i, k in enumerate(keys, 1)]
     planned = requested_arms([r for r in everything if r.role == Role.SEARCH])
     methods = methods_table(records, planned, groups)
     return Report(experiment, experiment_id, uri, info.spaces, info.name, info.directions, records, groups, methods,

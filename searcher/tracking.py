@@ -24,7 +24,7 @@ from searcher.run_record import Status, Tag
 from trainables.config import run_params
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-METRIC_PREFIXES = ("train/", "val/", "weight/", "weight_median/", "best/", "time/", "method/")
+METRIC_PREFIXES = ("train/", "val/", "weight/", "weight_median/", "best/", "time/", "method/", "diag/")
 METRIC_KEYS = ("epoch", "diverged")
 
 

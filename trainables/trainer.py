@@ -22,6 +22,7 @@ from trainables import config as cfg
 from trainables.errors import DivergedError
 from trainables.methods import GradientAggregator, LossWeighting, build_method
 from trainables.methods.base import StepContext
+from trainables.diagnostics import EpochDiagnostics, pair_measures
 from trainables.gradients import feature_grads, param_grads, write_grads
 from trainables.gramian import StagedGramian, auto_stages
 from trainables.problems.base import MTLModel, Problem
@@ -38,6 +39,9 @@ best/val_score           best validation score so far (what the search optimizes
 best/epoch               the epoch it was reached in
 best/val/<task>/<metric> validation metrics of the best epoch
 best/test/<task>/<metric> test metrics of the best validation epoch (what reports use)
+diag/<level>/<measure>   with diagnostics_every=K: the mean over the epoch's sampled steps of the
+                         gradient diagnostics between tasks (level param or feature; gds, gms,
+                         conflict_pairs, conflict_params, and cos/mag/conflict per pair a-b)
 time/epoch_s             seconds of the epoch (train, validation, test)
 time/total_s             seconds of every epoch so far, across resumes (what reports count as cost)
 """
@@ -96,6 +100,10 @@ class Trainer:
         self.epoch = 0
         #: Seconds spent in ``run_epoch`` over the whole run (kept across a resume): ``time/total_s``.
         self.elapsed_s = 0.0
+        #: Gradient diagnostics every ``diagnostics_every`` training steps of this trainer (0: off).
+        self.diagnose_every = int(self.config["diagnostics_every"])
+        self.diagnostics = EpochDiagnostics()
+        self._steps = 0
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
         self._val_cycle: Iterator[Any] | None = None
 
@@ -152,6 +160,9 @@ class Trainer:
         losses = self._losses(outputs, targets)
         if not torch.isfinite(losses).all():
             raise DivergedError(self.epoch + 1, dict(zip(self.tasks, losses.tolist())))
+        if self.diagnose_every and self._steps % self.diagnose_every == 0 and len(method.trained_tasks()) > 1:
+            self._diagnose(z, z_leaf, losses)
+        self._steps += 1
         if method.needs_kpis:
             with torch.no_grad():
                 kpis = [self.problem.kpi(t, outputs[t].detach(), targets[t]) for t in self.tasks]
@@ -180,6 +191,14 @@ class Trainer:
                 after = self.task_losses(self.model, inputs, targets)
             method.after_step(losses.detach(), after)
         return losses.detach(), None if weights is None else weights.detach()
+
+    def _diagnose(self, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor) -> None:
+        """The task gradients of this step, on z and on the shared parameters, into the epoch's
+        diagnostics (``trainables.diagnostics``); the graph is kept for the step itself."""
+        z_grads = feature_grads(losses, z_leaf)
+        self.diagnostics.add("feature", pair_measures(z_grads, self.tasks))
+        grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, chunk=int(self.config["grad_chunk"]))
+        self.diagnostics.add("param", pair_measures(grads, self.tasks))
 
     def _gradient_step(
         self, method: GradientAggregator, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor
@@ -300,6 +319,7 @@ class Trainer:
             metrics.update({f"weight/{t}": float(weight_sum[i] / len(step_weights)) for i, t in enumerate(self.tasks)})
             metrics.update({f"weight_median/{t}": float(median[i]) for i, t in enumerate(self.tasks)})
         metrics.update({f"method/{k}": float(v) for k, v in self.method.epoch_diagnostics().items()})
+        metrics.update(self.diagnostics.result())
         return metrics
 
     @torch.no_grad()

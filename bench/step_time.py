@@ -18,13 +18,18 @@ Variants of gradient methods: ``default`` (batched per-task gradients on a GPU, 
 CPU), ``batched``, ``loop``, ``feature`` (gradients on the shared representation, `004`),
 ``chunkK`` (batched passes over at most K tasks each: ``grad_chunk=K``), ``gramian`` and
 ``gramian_loop`` (Gramian-only methods: GGᵀ built stage by stage, batched or looped, then one
-plain backward for the direction: ``grad_memory=gramian``).
+plain backward for the direction: ``grad_memory=gramian``), and ``diagK`` / ``diagKsS`` for every
+method (the gradient diagnostics of `003`/`004` every K steps, S samples per task; use --steps K
+so that each timed round holds one diagnostic step):
+
+    python bench/step_time.py --model lenet --methods ew,pcgrad --variants default,diag50,diag50s8 --steps 50
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -147,9 +152,15 @@ class BenchQM9(Problem):
 
 
 def variant_config(variant: str) -> dict[str, str]:
-    """The config of a variant: one of VARIANTS, or ``chunkK`` (batched, K tasks per pass)."""
+    """The config of a variant: one of VARIANTS, ``chunkK`` (batched, K tasks per pass), or
+    ``diagK`` / ``diagKsS`` (gradient diagnostics every K steps; diagK between tasks only, the
+    default, diagKsS also between S samples of each task)."""
     if variant.startswith("chunk") and variant[5:].isdigit():
         return {"batched_grads": "true", "grad_chunk": variant[5:], "grad_memory": "jacobian"}
+    diag = re.fullmatch(r"diag(\d+)(?:s(\d+))?", variant)
+    if diag:
+        every, samples = diag.groups()
+        return {"diagnostics_every": every, **({"diagnostics_samples": samples} if samples is not None else {})}
     return VARIANTS[variant]
 
 
@@ -176,7 +187,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per method per round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--methods", default="all")
-    parser.add_argument("--variants", default="default", help="comma-separated: default, batched, loop, feature, chunkK, gramian, gramian_loop")
+    parser.add_argument("--variants", default="default",
+                        help="comma-separated: default, batched, loop, feature, chunkK, gramian, gramian_loop, diagK, diagKsS")
     parser.add_argument("--param", action="append", default=[], help="KEY=VALUE added to every config")
     args = parser.parse_args()
     batch = args.batch or {"lenet": 256, "resnet18": 8, "qm9net": 48}[args.model]
@@ -185,8 +197,12 @@ def main() -> None:
     methods = ["ew"] + [m for m in methods if m != "ew"]
     runs = {}
     for method in methods:
-        # variants are ways of forming per-task gradients: a loss method runs once, as it is
-        for variant in args.variants.split(",") if METHODS.get(method).kind == "gradient" else ["default"]:
+        # variants are ways of forming per-task gradients: a loss method runs once, as it is (and with
+        # each diagnostics variant, which every method can carry)
+        variants = args.variants.split(",")
+        if METHODS.get(method).kind != "gradient":
+            variants = ["default"] + [v for v in variants if v.startswith("diag")]
+        for variant in dict.fromkeys(variants):
             trainer = make_trainer(args.model, method, variant, batch, params)
             trainer.model.train()
             runs[(method, variant)] = (trainer, next(iter(trainer.splits.train)))
@@ -213,11 +229,13 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} CPUs)"
     print(f"model {args.model}, batch {batch}, {args.rounds} rounds x {args.steps} steps, {device}, torch {torch.__version__}"
           + (f", params {params}" if params else ""))
-    print("| method | kind | variant | step ms | x EW |" + (" step MB | x EW |" if cuda else ""))
-    print("| --- | --- | --- | ---: | ---: |" + (" ---: | ---: |" if cuda else ""))
+    print("| method | kind | variant | step ms | x EW | x own default |" + (" step MB | x EW |" if cuda else ""))
+    print("| --- | --- | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if cuda else ""))
     for (method, variant), ts in times.items():
         t = statistics.median(ts)
-        row = f"| {method} | {METHODS.get(method).kind} | {variant} | {1000 * t:.1f} | {t / ew:.2f} |"
+        own = times.get((method, "default"))
+        row = (f"| {method} | {METHODS.get(method).kind} | {variant} | {1000 * t:.1f} | {t / ew:.2f} | "
+               + (f"{t / statistics.median(own):.3f} |" if own else "- |"))
         if cuda:
             row += f" {memory[(method, variant)]:.0f} | {memory[(method, variant)] / memory[('ew', 'default')]:.2f} |"
         print(row)

@@ -91,7 +91,9 @@ VAL_SCORE = "best/val_score"
 BEST_EPOCH = "best/epoch"
 TEST_PREFIX = "best/test/"
 #: Params that do not change what a configuration is: repeats of it differ only in these.
-SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads")
+#: Params that never change what is trained: runs differing only in them are seeds of one
+#: configuration (the gradient diagnostics only read gradients: tests/test_diagnostics.py).
+SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads", "diagnostics_every", "diagnostics_samples")
 
 
 def arm_key(method: str, task: str | None = None) -> str:

@@ -47,6 +47,12 @@ COMMON: dict[str, Hyperparameter] = {
         "conflicts; `003` §4.2, `004` §5) on the shared parameters and on z, logged per epoch as diag/...; 0 = off",
         low=0
     ),
+    "diagnostics_samples": Hyperparameter(
+        0, int, "with diagnostics_every: also compare the per-sample gradients of each trained task on this many "
+        "samples of the batch (`003` §4.2's between-samples, single-task setting; `003` A3 takes 8 on the best EW "
+        "configuration, not during a search); costs one backward pass per sample and trained task on a diagnostic "
+        "step; 0 = between tasks only", low=0
+    ),
     "grad_level": Hyperparameter(
         "param", str, "gradient methods: 'param' (shared parameters) or 'feature' (representation)", choices=GRAD_LEVELS
     ),

@@ -11,10 +11,13 @@ cheap surrogate of `004`, on the shared representation z):
   pairs of different tasks (equal to the means over the unordered pairs: both are symmetric);
 - conflicts: the fraction of task pairs in conflict (S_cos < 0, Yu et al.'s definition that
   `003` §4.2 uses) and, per pair, the fraction of gradient components of opposite sign
-  (`003` Figure 3's "ratio of conflicting gradient parameters"), averaged over the pairs.
+  (`003` Figure 3's "ratio of conflicting gradient parameters"), averaged over the pairs;
+- the same means between samples of one task (`003` §4.2's single-task setting, ``sample_measures``);
+- feature disentanglement FD, `004` eqs. 7-8 (``feature_disentanglement``).
 
 ``EpochDiagnostics`` averages the measures of the sampled steps of an epoch; the trainer logs
-them as ``diag/<level>/<measure>`` (``diag/param/gds``, ``diag/feature/cos/CL-RR``, ...).
+them as ``diag/<level>/<measure>`` (``diag/param/gds``, ``diag/feature/cos/CL-RR``, ``diag/param/fd``,
+``diag/param/sample/CL/gms``, ``diag/param/sample/gms``, ...).
 """
 
 from __future__ import annotations
@@ -46,36 +49,83 @@ def magnitude_matrix(grads: torch.Tensor) -> torch.Tensor:
 
 
 def conflict_matrix(grads: torch.Tensor) -> torch.Tensor:
-    """The fraction of components where two rows have opposite signs (g_k g'_k < 0), float64."""
-    signs = torch.sign(grads.detach().flatten(1))
+    """The fraction of components where two rows have opposite signs (g_k g'_k < 0), float64.
+
+    With s = sign(g) in {-1, 0, 1}: a component is of opposite sign exactly when s_k s'_k = -1, so
+    the count is (|s|·|s'| - s·s') / 2, one matrix product for every pair at once.
+    """
+    signs = torch.sign(grads.detach().flatten(1)).double()
     n = signs.shape[1]
-    out = torch.zeros(signs.shape[0], signs.shape[0], dtype=torch.float64)
-    for i in range(signs.shape[0]):
-        for j in range(i + 1, signs.shape[0]):
-            out[i, j] = out[j, i] = float((signs[i] * signs[j] < 0).sum()) / max(n, 1)
-    return out
+    magnitudes = signs.abs()
+    opposite = (magnitudes @ magnitudes.T - signs @ signs.T) / 2
+    out = opposite / max(n, 1)
+    out.fill_diagonal_(0.0)
+    return out.cpu()
+
+
+#: Per-pair values (``cos/a-b`` ...) are logged up to this many tasks (15 pairs); beyond it only
+#: the means over the pairs, so a 40-task problem does not log 2,340 metrics per epoch.
+MAX_PAIR_TASKS = 6
+
+
+def _summary(cos: torch.Tensor, mag: torch.Tensor, conflict: torch.Tensor) -> dict[str, float]:
+    """GDS, GMS (`004` eqs. 5b, 6b), the fraction of pairs in conflict and the mean fraction of
+    conflicting components, over the unordered pairs of rows (undefined values left out)."""
+    n = cos.shape[0]
+    upper = torch.triu_indices(n, n, offset=1)
+    c, m, k = (x[upper[0], upper[1]].double() for x in (cos, mag, conflict))
+    if c.numel() == 0:
+        return {}
+    c, m = c[~c.isnan()], m[~m.isnan()]
+    return {
+        "gds": float(c.mean()) if c.numel() else math.nan,
+        "gms": float(m.mean()) if m.numel() else math.nan,
+        "conflict_pairs": float((c < 0).double().mean()) if c.numel() else math.nan,
+        "conflict_params": float(k.mean()),
+    }
 
 
 def pair_measures(grads: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
-    """Per pair of tasks (``cos/a-b``, ``mag/a-b``, ``conflict/a-b``) and over the pairs (``gds``,
-    ``gms``, ``conflict_pairs``, ``conflict_params``) for the task gradients ``grads`` (T, ...)."""
+    """Per pair of tasks (``cos/a-b``, ``mag/a-b``, ``conflict/a-b``; up to ``MAX_PAIR_TASKS`` tasks)
+    and over the pairs (``gds``, ``gms``, ``conflict_pairs``, ``conflict_params``) for the task
+    gradients ``grads`` (T, ...)."""
     if grads.shape[0] != len(names):
         raise ValueError(f"{grads.shape[0]} gradients for {len(names)} tasks")
-    cos, mag, conflict = cosine_matrix(grads), magnitude_matrix(grads), conflict_matrix(grads)
+    cos, mag, conflict = cosine_matrix(grads).cpu(), magnitude_matrix(grads).cpu(), conflict_matrix(grads)
     out: dict[str, float] = {}
-    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    for i, j in pairs:
-        pair = f"{names[i]}-{names[j]}"
-        out[f"cos/{pair}"], out[f"mag/{pair}"] = float(cos[i, j]), float(mag[i, j])
-        out[f"conflict/{pair}"] = float(conflict[i, j])
-    if pairs:
-        cos_values = [float(cos[i, j]) for i, j in pairs if not math.isnan(float(cos[i, j]))]
-        mag_values = [float(mag[i, j]) for i, j in pairs if not math.isnan(float(mag[i, j]))]
-        out["gds"] = sum(cos_values) / len(cos_values) if cos_values else math.nan
-        out["gms"] = sum(mag_values) / len(mag_values) if mag_values else math.nan
-        out["conflict_pairs"] = sum(c < 0 for c in cos_values) / len(cos_values) if cos_values else math.nan
-        out["conflict_params"] = sum(float(conflict[i, j]) for i, j in pairs) / len(pairs)
+    if len(names) <= MAX_PAIR_TASKS:
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                pair = f"{names[i]}-{names[j]}"
+                out[f"cos/{pair}"], out[f"mag/{pair}"] = float(cos[i, j]), float(mag[i, j])
+                out[f"conflict/{pair}"] = float(conflict[i, j])
+    out.update(_summary(cos, mag, conflict))
     return out
+
+
+def sample_measures(grads: torch.Tensor) -> dict[str, float]:
+    """The same means over pairs of gradients of ONE task on different samples (`003` §4.2's
+    single-task setting: g = ∇L_t(x_0), g' = ∇L_t(x_1)), for the rows of ``grads`` (S, ...)."""
+    return _summary(cosine_matrix(grads).cpu(), magnitude_matrix(grads).cpu(), conflict_matrix(grads))
+
+
+def feature_disentanglement(grads: torch.Tensor) -> float:
+    """FD, `004` eqs. 7-8: the mean over positions j of the entropy (natural log) of the task
+    saliencies p_ij = |∇_{Z_j} L_i| / Σ_k |∇_{Z_j} L_k| (eq. 7b), from the task gradients
+    ``grads`` (T, ...) on the representation Z (or on the shared parameters, `004` Figure 5).
+
+    0 when every position is salient to a single task, log T when all tasks weigh alike there.
+    Positions no task's loss depends on (Σ_k |g_kj| = 0) have no distribution and are left out;
+    NaN when there is no other. Eq. 7b as printed, without the smoothing Figure 1 mentions.
+    """
+    saliency = grads.detach().double().flatten(1).abs()
+    total = saliency.sum(dim=0)
+    used = total > 0
+    if not bool(used.any()):
+        return math.nan
+    p = saliency[:, used] / total[used]
+    entropy = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(dim=0)
+    return float(entropy.mean())
 
 
 class EpochDiagnostics:

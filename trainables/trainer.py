@@ -22,7 +22,7 @@ from trainables import config as cfg
 from trainables.errors import DivergedError
 from trainables.methods import GradientAggregator, LossWeighting, build_method
 from trainables.methods.base import StepContext
-from trainables.diagnostics import EpochDiagnostics, pair_measures
+from trainables.diagnostics import EpochDiagnostics, feature_disentanglement, pair_measures, sample_measures
 from trainables.gradients import feature_grads, param_grads, write_grads
 from trainables.gramian import StagedGramian, auto_stages
 from trainables.problems.base import MTLModel, Problem
@@ -40,8 +40,12 @@ best/epoch               the epoch it was reached in
 best/val/<task>/<metric> validation metrics of the best epoch
 best/test/<task>/<metric> test metrics of the best validation epoch (what reports use)
 diag/<level>/<measure>   with diagnostics_every=K: the mean over the epoch's sampled steps of the
-                         gradient diagnostics between tasks (level param or feature; gds, gms,
-                         conflict_pairs, conflict_params, and cos/mag/conflict per pair a-b)
+                         gradient diagnostics between the trained tasks (level param or feature;
+                         gds, gms, conflict_pairs, conflict_params, fd, and cos/mag/conflict per
+                         pair a-b up to 6 tasks)
+diag/<level>/sample/<task>/<measure>  the same between diagnostics_samples samples of one task
+                         (`003` §4.2's single-task setting; gds, gms, conflict_pairs, conflict_params),
+                         and diag/<level>/sample/<measure> their mean over the trained tasks
 time/epoch_s             seconds of the epoch (train, validation, test)
 time/total_s             seconds of every epoch so far, across resumes (what reports count as cost)
 """
@@ -102,8 +106,12 @@ class Trainer:
         self.elapsed_s = 0.0
         #: Gradient diagnostics every ``diagnostics_every`` training steps of this trainer (0: off).
         self.diagnose_every = int(self.config["diagnostics_every"])
+        self.diagnose_samples = int(self.config["diagnostics_samples"])
         self.diagnostics = EpochDiagnostics()
         self._steps = 0
+        #: On a diagnostic step of a gradient method at parameter level, the z-gradients of the
+        #: trained tasks waiting for the method's own per-task gradients (reused, not recomputed).
+        self._pending_diagnosis: tuple[torch.Tensor, list[int]] | None = None
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
         self._val_cycle: Iterator[Any] | None = None
 
@@ -160,8 +168,8 @@ class Trainer:
         losses = self._losses(outputs, targets)
         if not torch.isfinite(losses).all():
             raise DivergedError(self.epoch + 1, dict(zip(self.tasks, losses.tolist())))
-        if self.diagnose_every and self._steps % self.diagnose_every == 0 and len(method.trained_tasks()) > 1:
-            self._diagnose(z, z_leaf, losses)
+        if self.diagnose_every and self._steps % self.diagnose_every == 0:
+            self._diagnose(method, z, z_leaf, losses, outputs, targets)
         self._steps += 1
         if method.needs_kpis:
             with torch.no_grad():
@@ -175,6 +183,7 @@ class Trainer:
         elif isinstance(method, GradientAggregator):
             reused = method.reused_weights()
             if reused is not None:
+                self._diagnose_pending(z)  # no per-task gradients this step to reuse
                 weights = reused.to(losses)
                 (encoder_grad,) = torch.autograd.grad((weights.detach() * losses).sum(), z_leaf, retain_graph=True)
                 self._backward_heads(method, losses, weights)
@@ -192,13 +201,96 @@ class Trainer:
             method.after_step(losses.detach(), after)
         return losses.detach(), None if weights is None else weights.detach()
 
-    def _diagnose(self, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor) -> None:
-        """The task gradients of this step, on z and on the shared parameters, into the epoch's
-        diagnostics (``trainables.diagnostics``); the graph is kept for the step itself."""
-        z_grads = feature_grads(losses, z_leaf)
-        self.diagnostics.add("feature", pair_measures(z_grads, self.tasks))
+    def _diagnose(
+        self,
+        method: Any,
+        z: torch.Tensor,
+        z_leaf: torch.Tensor,
+        losses: torch.Tensor,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Mapping[str, torch.Tensor],
+    ) -> None:
+        """This step's gradient diagnostics (``trainables.diagnostics``) into the epoch's means; the
+        graph is kept for the step itself, which they never change.
+
+        Between tasks: on z, and on the shared parameters. A gradient method at parameter level
+        computes those per-task gradients itself this step: they are taken from it (no second
+        set of T backward passes); loss-weighting methods pay for them on diagnostic steps only.
+        Between samples: per-sample losses of each trained task on the first
+        ``diagnostics_samples`` samples of the (shuffled) batch, `003` A3's "randomly select eight".
+        """
+        trained = [self.tasks.index(t) for t in method.trained_tasks()]
+        if len(trained) > 1:
+            z_grads = feature_grads(losses, z_leaf)[trained]
+            self._add_task_measures("feature", z_grads, trained)
+            if (
+                isinstance(method, GradientAggregator)
+                and (method.forced_grad_level or self.config["grad_level"]) == "param"
+                and self.staged is None
+            ):
+                self._pending_diagnosis = (z_grads, trained)
+            else:
+                self._diagnose_params(z, z_grads, trained)
+        if self.diagnose_samples > 1:
+            self._diagnose_samples(z, z_leaf, outputs, targets, [self.tasks[i] for i in trained])
+
+    def _add_task_measures(self, level: str, grads: torch.Tensor, trained: list[int]) -> None:
+        measures = pair_measures(grads, [self.tasks[i] for i in trained])
+        measures["fd"] = feature_disentanglement(grads)
+        self.diagnostics.add(level, measures)
+
+    def _diagnose_params(self, z: torch.Tensor, z_grads: torch.Tensor, trained: list[int]) -> None:
         grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, chunk=int(self.config["grad_chunk"]))
-        self.diagnostics.add("param", pair_measures(grads, self.tasks))
+        self._add_task_measures("param", grads, trained)
+
+    def _diagnose_pending(self, z: torch.Tensor, grads: torch.Tensor | None = None) -> None:
+        """The parameter-level measures left pending by ``_diagnose``: from the method's own
+        per-task gradients ``grads`` (T, d) when it computed them, else computed here."""
+        if self._pending_diagnosis is None:
+            return
+        z_grads, trained = self._pending_diagnosis
+        self._pending_diagnosis = None
+        if grads is not None and grads.shape[0] == len(self.tasks):
+            self._add_task_measures("param", grads.detach()[trained], trained)
+        else:
+            self._diagnose_params(z, z_grads, trained)
+
+    def _diagnose_samples(
+        self,
+        z: torch.Tensor,
+        z_leaf: torch.Tensor,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Mapping[str, torch.Tensor],
+        tasks: list[str],
+    ) -> None:
+        """`003` §4.2's single-task setting: pairs of gradients of one task on different samples,
+        on the shared parameters and, as the surrogate, on each sample's own representation z_i."""
+        means: dict[str, dict[str, list[float]]] = {"feature": {}, "param": {}}
+        for task in tasks:
+            output, target = outputs[task], targets[task]
+            if not (torch.is_tensor(output) and torch.is_tensor(target)) or output.dim() == 0 or target.dim() == 0:
+                continue
+            n = min(self.diagnose_samples, output.shape[0], target.shape[0])
+            if n < 2:
+                continue
+            sample_losses = torch.stack([self.problem.loss(task, output[i:i + 1], target[i:i + 1]) for i in range(n)])
+            keep = torch.isfinite(sample_losses.detach()).nonzero().flatten().tolist()  # e.g. all pixels ignored
+            if len(keep) < 2:
+                continue
+            z_grads = feature_grads(sample_losses[keep], z_leaf)
+            levels = {}
+            if z_leaf.dim() > 0 and z_leaf.shape[0] == output.shape[0]:
+                levels["feature"] = sample_measures(torch.stack([z_grads[k, i] for k, i in enumerate(keep)]))
+            levels["param"] = sample_measures(
+                param_grads(z, self.shared, z_grads, batched=self.batched_grads, chunk=int(self.config["grad_chunk"]))
+            )
+            for level, measures in levels.items():
+                self.diagnostics.add(level, {f"sample/{task}/{k}": v for k, v in measures.items()})
+                for k, v in measures.items():
+                    means[level].setdefault(k, []).append(v)
+        for level, values in means.items():
+            finite = {k: [v for v in vs if not math.isnan(v)] for k, vs in values.items()}
+            self.diagnostics.add(level, {f"sample/{k}": sum(vs) / len(vs) for k, vs in finite.items() if vs})
 
     def _gradient_step(
         self, method: GradientAggregator, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor
@@ -222,6 +314,7 @@ class Trainer:
                                 chunk=self.config["grad_chunk"])
         else:
             grads = z_grads.flatten(1)
+        self._diagnose_pending(z, grads if level == "param" else None)
         direction, weights = method.aggregate(grads.detach(), losses.detach())
         penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
         self._backward_heads(method, losses, weights)

@@ -261,9 +261,92 @@ class RunRecord:
         options = tuple((k, self.params.get(k, "?")) for k in sorted(option_keys) if k not in skip)
         return Comparability(self.problem or "?", self.data_source or "?", self.max_epochs, options)
 
+    @property
+    def diagnostics(self) -> list[DiagName]:
+        """The gradient diagnostics the run logged (``diag/...``, parsed), from its latest metric values."""
+        return [n for n in (diag_name(k) for k in sorted(self.metrics)) if n is not None]
+
     def configuration_key(self) -> tuple:
         """Runs with equal keys are seeds of one configuration (params up to ``SEED_PARAMS``)."""
         return (self.label, tuple(sorted((k, v) for k, v in self.params.items() if k not in SEED_PARAMS)))
+
+
+# ------------------------------------------------------------------ gradient diagnostics (issue 14)
+
+#: The prefix of the per-epoch gradient diagnostics (``trainables.trainer``: step = epoch).
+DIAG_PREFIX = "diag/"
+#: The levels the gradients are taken at: the shared parameters, or the shared representation (`004`).
+DIAG_LEVELS = ("param", "feature")
+#: The scope word of the measures between samples of one task (`003` §4.2's STL setting).
+DIAG_SAMPLE = "sample"
+#: The per-pair measures between tasks (``diag/<level>/<kind>/<a>-<b>``).
+DIAG_PAIR_KINDS = ("cos", "mag", "conflict")
+
+
+@dataclass(frozen=True)
+class DiagName:
+    """One diagnostic metric name, parsed (the one place its spelling is read back).
+
+    ``diag/<level>/<measure>``: between tasks (``between="tasks"``); ``diag/<level>/<kind>/<a>-<b>``:
+    one pair of tasks (``pair="a-b"``, ``measure=kind``); ``diag/<level>/sample/<measure>``:
+    between samples, mean over tasks (``between="samples"``); ``diag/<level>/sample/<task>/<measure>``:
+    between samples of one task (``task``).
+    """
+
+    level: str
+    measure: str
+    between: str = "tasks"
+    task: str | None = None
+    pair: str | None = None
+
+    @property
+    def aggregate(self) -> bool:
+        """A measure over every pair (of tasks, or of samples averaged over tasks): what curves show."""
+        return self.pair is None and self.task is None
+
+    @property
+    def key(self) -> str:
+        """The metric name it was parsed from."""
+        if self.between == "samples":
+            return f"{DIAG_PREFIX}{self.level}/{DIAG_SAMPLE}/" + (f"{self.task}/" if self.task else "") + self.measure
+        return f"{DIAG_PREFIX}{self.level}/" + (f"{self.measure}/{self.pair}" if self.pair else self.measure)
+
+
+def diag_name(metric: str) -> DiagName | None:
+    """``metric`` parsed as a diagnostic (``DiagName``), or None when it is not one."""
+    if not metric.startswith(DIAG_PREFIX):
+        return None
+    parts = metric[len(DIAG_PREFIX):].split("/")
+    if len(parts) < 2 or parts[0] not in DIAG_LEVELS or not all(parts):
+        return None
+    level, rest = parts[0], parts[1:]
+    if rest[0] == DIAG_SAMPLE and len(rest) in (2, 3):
+        return DiagName(level, rest[-1], "samples", task=rest[1] if len(rest) == 3 else None)
+    if len(rest) == 1:
+        return DiagName(level, rest[0])
+    if len(rest) == 2 and rest[0] in DIAG_PAIR_KINDS:
+        return DiagName(level, rest[0], pair=rest[1])
+    return None
+
+
+def diag_histories(client: MlflowClient, record: "RunRecord", aggregate_only: bool = True) -> dict[DiagName, list[tuple[int, float]]]:
+    """The per-epoch history ``[(epoch, value), ...]`` of each diagnostic ``record`` logged
+    (``MlflowClient.get_metric_history``; the metric names from the run's latest values, so a run
+    without diagnostics costs no call). ``aggregate_only``: leave out the per-pair and per-task
+    measures. A step logged twice keeps its latest value; NaN values are dropped."""
+    out: dict[DiagName, list[tuple[int, float]]] = {}
+    for metric in sorted(record.metrics):
+        name = diag_name(metric)
+        if name is None or (aggregate_only and not name.aggregate):
+            continue
+        latest: dict[int, tuple[int, float]] = {}
+        for m in client.get_metric_history(record.run_id, metric):
+            if m.step not in latest or m.timestamp >= latest[m.step][0]:
+                latest[m.step] = (m.timestamp, float(m.value))
+        points = [(step, value) for step, (_, value) in sorted(latest.items()) if math.isfinite(value)]
+        if points:
+            out[name] = points
+    return out
 
 
 def run_status(run: Run) -> tuple[str, str]:

@@ -32,6 +32,10 @@ epoch budget; every verdict carries its number of seeds and an interval"):
   came from (run, method, β, epoch) and the configuration they trained with.
 - The Pareto front over configurations (`003` Tables 2 and A2, ``analysis.pareto``): seed
   repeats averaged into one point, runs the scheduler stopped early left out (counted apart).
+- Views (issue 14): the gradient diagnostics of each row's best configuration over epochs
+  (``analysis.diagnostic_curves``, `003` Figure 3, `004` Figures 3-5), their Ranking Similarity
+  with test performance (``analysis.ranking_similarity``, `004` eq. 9), and each method's best
+  configuration per optimizer (``analysis.optimizer_view``, `003` §4.1).
 
 Runs that diverged, failed or never finished are listed as such and left out of every mean,
 selection and front. Writing the files and logging them to MLflow: ``analysis.report_files``.
@@ -52,7 +56,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis import budget, pareto, ranking, uncertainty
+from analysis import budget, diagnostic_curves, pareto, ranking, ranking_similarity, uncertainty
+from analysis.diagnostic_curves import DiagnosticCurves
 from analysis.extract import open_client, weight_history
 from analysis.uncertainty import Summary
 from searcher.run_record import (SEED_PARAMS, STL, Comparability, Role, RunRecord, Status, arm_key, from_run, load_records,
@@ -371,6 +376,13 @@ class GroupReport:
     pareto_optimizers: pd.DataFrame
     budget: pd.DataFrame
     weights: dict[str, dict[str, Any]]
+    #: Gradient diagnostics over epochs of each row's best configuration (``analysis.diagnostic_curves``).
+    diagnostics: DiagnosticCurves = field(default_factory=DiagnosticCurves)
+    #: `004` eq. 9 of each measure against test performance (``analysis.ranking_similarity``).
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Each method's best configuration per optimizer (``analysis.optimizer_view``), or why there is none.
+    optimizers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    optimizers_note: str = ""
 
     @property
     def name(self) -> str:
@@ -741,8 +753,14 @@ def build_group(client: MlflowClient, index: int, key: Comparability, records: l
     front, by_method, by_optimizer = pareto_tables(configurations, directions, varying)
     curves = budget_table(records, references.values, directions)
     weights = smto_weight_histories(client, best, notes)
+    from analysis.optimizer_view import optimizer_table  # it chooses with this module's rule
+
+    diagnostics = diagnostic_curves.collect(client, {label: config.finished for label, config in best.items()})
+    similarity = ranking_similarity.similarity_table(diagnostics.end_values(),
+                                                     ranking_similarity.performance_from_summary(summary, directions))
+    optimizers, optimizers_note = optimizer_table(configurations, directions, references.values, varying)
     return GroupReport(index, key, records, configurations, best, references, summary, fixed, front, by_method,
-                       by_optimizer, curves, weights)
+                       by_optimizer, curves, weights, diagnostics, similarity, optimizers, optimizers_note)
 
 
 def build_report(uri: str, experiment: str, stl: str | Path | None = None) -> Report:

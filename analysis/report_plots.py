@@ -4,7 +4,8 @@
   single-task references;
 - more: parallel coordinates, one axis per metric, every axis oriented so that up is better,
   Pareto-optimal runs drawn bold and saturated, the others faint (as `003` Figure 2);
-- the per-epoch task weights of each SMTO's best run (as `002` Figure 6).
+- the per-epoch task weights of each SMTO's best run (as `002` Figure 6);
+- the gradient diagnostics over epochs, between tasks beside between samples (as `003` Figure 3).
 
 The HTML files embed plotly.js, so they open without a network (e.g. on a cluster) and in
 the MLflow UI's artifact viewer.
@@ -397,4 +398,79 @@ def _budget_html(curves: pd.DataFrame, panels: Sequence[tuple[str, str, str, str
     if len(panels) == 1:
         title += " (no test Δm: no single-task references)"
     fig.update_layout(title=title, template="plotly_white", legend_title_text="method")
+    return _write_html(fig, path)
+
+
+# ------------------------------------------------------------------ gradient diagnostics over epochs (`003` Figure 3)
+
+
+def diagnostic_panels(curves: Any, level: str) -> list[tuple[str, list[Any], list[Any]]]:
+    """Per measure at ``level`` (rows of the figure): the curves between tasks of the multi-task rows
+    (left panel) and between samples of every row (right panel; none for FD, which has no
+    between-sample form). ``curves``: ``analysis.diagnostic_curves.DiagnosticCurves``."""
+    return [(measure, [s for s in curves.select(level, measure, "tasks") if not s.single_task],
+             curves.select(level, measure, "samples")) for measure in curves.measures(level)]
+
+
+def diagnostic_figure(curves: Any, level: str, title: str, png: str | Path, html: str | Path) -> tuple[Path, Path]:
+    """Rows: the measures at ``level``; left: between tasks (MTL methods), right: between samples
+    (single-task rows dashed, MTL solid), the y axis shared in a row so the two compare as in
+    `003` Figure 3. Each line is a row's mean over its best configuration's runs, ± std band."""
+    from analysis.diagnostic_curves import DESCRIPTIONS
+
+    panels = diagnostic_panels(curves, level)
+    colors = palette([s.label for s in curves.series])
+    fig = _new_figure(11.0, 2.8 * len(panels) + 0.8)
+    axes = fig.subplots(len(panels), 2, squeeze=False, sharex=True)
+    for row, (measure, tasks, samples) in enumerate(panels):
+        left, right = axes[row]
+        right.sharey(left)
+        for ax, series, scope in ((left, tasks, "between tasks (MTL)"), (right, samples, "between samples (STL and MTL)")):
+            for s in series:
+                style = "--" if s.single_task else "-"
+                ax.plot(s.epochs, s.mean, style, marker="o", ms=3, lw=1.6, color=colors[s.label], label=s.label)
+                if any(n > 1 for n in s.runs):
+                    mean, std = np.asarray(s.mean, float), np.nan_to_num(np.asarray(s.std, float))
+                    ax.fill_between(s.epochs, mean - std, mean + std, color=colors[s.label], alpha=0.15, linewidth=0)
+            ax.set_title(f"{measure}, {scope}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if not series:
+                ax.annotate("no between-sample measure" if scope.startswith("between samples") else "no multi-task run",
+                            (0.5, 0.5), xycoords="axes fraction", ha="center", fontsize=8, color="0.4")
+        left.set_ylabel(DESCRIPTIONS.get(measure, measure), fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    handles = [Line2D([], [], color=c, lw=2, ls="--" if any(s.single_task for s in curves.series if s.label == label) else "-",
+                      label=label) for label, c in colors.items()]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=min(len(handles), 5))
+    fig.suptitle(title, fontsize=10)
+    png = Path(png)
+    fig.savefig(png, format="png")
+    return png, _diagnostic_html(panels, colors, title, Path(html))
+
+
+def _diagnostic_html(panels: Sequence[tuple[str, list[Any], list[Any]]], colors: Mapping[str, str], title: str,
+                     path: Path) -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from analysis.diagnostic_curves import DESCRIPTIONS
+
+    titles = [f"{m}, {scope}" for m, _, _ in panels for scope in ("between tasks (MTL)", "between samples (STL and MTL)")]
+    fig = make_subplots(rows=len(panels), cols=2, shared_yaxes="rows", shared_xaxes=True, subplot_titles=titles)
+    shown: set[str] = set()
+    for row, (measure, tasks, samples) in enumerate(panels, start=1):
+        for col, series in ((1, tasks), (2, samples)):
+            for s in series:
+                fig.add_trace(go.Scatter(
+                    x=s.epochs, y=s.mean, mode="lines+markers", name=s.label, legendgroup=s.label,
+                    showlegend=s.label not in shown, line={"color": colors[s.label], "dash": "dash" if s.single_task else "solid"},
+                    customdata=np.stack([np.asarray(s.std, float), np.asarray(s.runs, float)], axis=1),
+                    hovertemplate=(f"{s.label}: {measure} ({s.between})<br>epoch %{{x}}<br>%{{y:.4f}} ± %{{customdata[0]:.3g}}"
+                                   "<br>runs %{customdata[1]}<extra></extra>")), row=row, col=col)
+                shown.add(s.label)
+        fig.update_yaxes(title_text=DESCRIPTIONS.get(measure, measure).replace("`", ""), row=row, col=1)
+    fig.update_xaxes(title_text="epoch", row=len(panels))
+    fig.update_layout(title=title, template="plotly_white", legend_title_text="method", height=300 * len(panels) + 150)
     return _write_html(fig, path)

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from searcher.run_record import DiagName, RunRecord, diag_histories
+from searcher.run_record import DIAG_LEVELS, DiagName, RunRecord, diag_histories
 
 #: The measures drawn, in this order (rows of the figure); others a run logs follow them.
 MEASURES = ("gds", "gms", "conflict_pairs", "conflict_params", "fd")
@@ -85,7 +85,9 @@ class DiagnosticCurves:
 
     @property
     def levels(self) -> list[str]:
-        return list(dict.fromkeys(s.level for s in self.series))
+        """The levels with a curve: the shared parameters first, then the representation."""
+        found = {s.level for s in self.series}
+        return [level for level in DIAG_LEVELS if level in found]
 
     def measures(self, level: str) -> list[str]:
         """The measures with a curve at ``level``, in ``MEASURES`` order first."""
@@ -158,7 +160,7 @@ def collect(client: MlflowClient, rows: Mapping[str, Sequence[RunRecord]]) -> Di
 
 def _order(name: DiagName) -> tuple:
     rank = MEASURES.index(name.measure) if name.measure in MEASURES else len(MEASURES)
-    return (name.level, BETWEEN.index(name.between), rank, name.measure)
+    return (DIAG_LEVELS.index(name.level), BETWEEN.index(name.between), rank, name.measure)
 
 
 def end_value_table(curves: DiagnosticCurves, level: str) -> tuple[list[str], list[list[object]]]:

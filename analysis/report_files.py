@@ -220,6 +220,84 @@ def group_section(report: Report, group: GroupReport, figures: Mapping[str, str]
                 "best run: " + ", ".join(f"{m} ({h['run_name']})" for m, h in group.weights.items()) + ".", ""]
         if f"weights{group.suffix}" in figures:
             out += [f"![weight trajectories]({figures[f'weights{group.suffix}']})", ""]
+    return out + views_section(group, figures)
+
+
+def views_section(group: GroupReport, figures: Mapping[str, str]) -> list[str]:
+    """The gradient diagnostics over epochs, their ranking similarity, and Adam vs SGD of one group."""
+    from analysis.diagnostic_curves import TAIL_FRACTION, end_value_table
+    from analysis.optimizer_view import better_optimizer
+    from analysis.ranking_similarity import DELTA_M
+
+    curves = group.diagnostics
+    out = [f"### Gradient diagnostics over epochs (`003` Figure 3, `004` Figures 3-5; {group.name})", ""]
+    if curves.empty:
+        out += ["No gradient diagnostics logged by the best configurations of this group (train with `--param "
+                "diagnostics_every=K`): no curves, no ranking similarity.", ""]
+    else:
+        out += ["Per method, the mean over the seeds of its best configuration (the one selected above) of each "
+                "measure's per-epoch value (band: ± std over the seeds). Left: between the tasks' gradients "
+                "(multi-task methods); right: between samples of one task, averaged over tasks (`003` §4.2: the "
+                "single-task setting; single-task rows dashed), on the same y axis. GDS: `004` eq. 5b, GMS: eq. 6b, "
+                "FD: eq. 8; conflicts: `003` §4.2.", ""]
+        if curves.without:
+            out += [f"No diagnostics logged by: {', '.join(curves.without)}.", ""]
+        for level in curves.levels:
+            stem = f"diagnostics-{level}{group.suffix}"
+            if stem in figures:
+                out += [f"![gradient diagnostics, {level} level]({figures[stem]})", ""]
+            headers, rows = end_value_table(curves, level)
+            out += [f"End of training ({level} level): per run the mean over its last {TAIL_FRACTION:.3g} of epochs "
+                    "(at least one; `004` §5.5 takes the last 50 of about 300 points), then over the seeds:", "",
+                    markdown_table(headers, [[r[0]] + [fmt(v) for v in r[1:]] for r in rows]), ""]
+        out += similarity_section(group, DELTA_M)
+    out += [f"### Adam vs SGD: best configuration per method and optimizer (`003` §4.1, Tables A3-A6; {group.name})", ""]
+    if group.optimizers_note:
+        out += [group.optimizers_note[0].upper() + group.optimizers_note[1:] + ".", ""]
+    else:
+        out += ["Each method's best configuration chosen within each optimizer's trials alone (the same rule as above: "
+                "highest mean validation score); Δm over its seeds against this group's single-task references; "
+                "MR over every method x optimizer row.", ""]
+        frame = group.optimizers
+        out += [markdown_table(["method", "optimizer", "trials", "configuration", "seeds", "val score",
+                                "Δm % ↑ [95% CI]", "MR ↓"],
+                               [[r["method"], r["optimizer"], int(r["trials"]), r["configuration"] or "-",
+                                 seeds_cell(r["seeds"]), fmt(r["val_score"]),
+                                 fmt_ci(r["delta_m"], r["delta_m_std"], r["delta_m_ci_low"], r["delta_m_ci_high"]),
+                                 fmt(r["mean_rank"])] for _, r in frame.iterrows()]), ""]
+        better = better_optimizer(frame)
+        if better:
+            counts = pd.Series(list(better.values())).value_counts()
+            out += ["Higher Δm: " + ", ".join(f"{o} for {n} method(s)" for o, n in counts.items()) + " ("
+                    + ", ".join(f"{m}: {o}" for m, o in better.items()) + ").", ""]
+    return out
+
+
+def similarity_section(group: GroupReport, delta_m: str) -> list[str]:
+    """`004` eq. 9 of each measure against Δm (the brief's table), and against each test metric (as `004` Tables 5-7)."""
+    frame = group.similarity
+    out = [f"### Ranking similarity of the diagnostics (`004` eq. 9; {group.name})", ""]
+    if frame.empty:
+        return out + ["None of GDS, GMS, FD was logged between tasks by the multi-task methods: nothing to rank.", ""]
+    out += ["S: the fraction of ordered method pairs that a measure's end-of-training value and the test performance "
+            "(larger is better) order alike (`004` eq. 9); S > 0.5: a larger measure goes with better performance, "
+            "S < 0.5: with worse; `004` reads |S − 0.5| (reversing one ranking gives 1 − S).", ""]
+    against = frame[frame["against"] == delta_m]
+    if against.empty:
+        out += ["No Δm (no single-task references): ranked against each test metric only.", ""]
+    else:
+        out += [markdown_table(["measure", "level", "S", "|S − 0.5|", "methods"],
+                               [[r["measure"], r["level"], fmt(r["S"]), fmt(r["abs_S_minus_half"]), int(r["methods"])]
+                                for _, r in against.iterrows()]), ""]
+    metrics = [a for a in dict.fromkeys(frame["against"]) if a != delta_m]
+    if metrics:
+        pivot = frame[frame["against"] != delta_m]
+        rows = []
+        for (measure, level), sub in pivot.groupby(["measure", "level"], sort=False):
+            by = dict(zip(sub["against"], sub["S"]))
+            rows.append([measure, level] + [fmt(by.get(m, math.nan)) for m in metrics])
+        out += ["S against each test metric (as `004` Tables 5-7):", "",
+                markdown_table(["measure", "level", *metrics], rows), ""]
     return out
 
 
@@ -256,6 +334,7 @@ def write_report(report: Report, out: str | Path) -> WrittenReport:
                        "seconds": r.seconds, **{f"{t}/{m}": r.test(t, m) for t, ms in report.directions.items() for m in ms}}
                       for r in report.records]), "runs.csv")
     csv(report.excluded, "excluded_runs.csv")
+    views_csvs(report, csv)
 
     figures: dict[str, str] = {}
     for group in report.groups:
@@ -265,6 +344,24 @@ def write_report(report: Report, out: str | Path) -> WrittenReport:
     path.write_text(text)
     files.append(path)
     return WrittenReport(directory, files, text)
+
+
+def views_csvs(report: Report, csv: Any) -> None:
+    """The tables of the views, where a group has them: curves and end values of the diagnostics,
+    their ranking similarity, the best configuration per method and optimizer."""
+    def with_group(frames: list[tuple[GroupReport, pd.DataFrame]]) -> pd.DataFrame:
+        frames = [(g, f) for g, f in frames if not f.empty]
+        if not frames:
+            return pd.DataFrame()
+        frame = pd.concat([f.assign(group=g.index, group_key=g.describe) for g, f in frames], ignore_index=True)
+        return frame[["group", "group_key", *[c for c in frame.columns if c not in ("group", "group_key")]]]
+
+    for name, frame in (("diagnostic_curves.csv", with_group([(g, g.diagnostics.frame()) for g in report.groups])),
+                        ("diagnostic_end_values.csv", with_group([(g, g.diagnostics.end_values()) for g in report.groups])),
+                        ("ranking_similarity.csv", with_group([(g, g.similarity) for g in report.groups])),
+                        ("optimizers.csv", with_group([(g, g.optimizers) for g in report.groups]))):
+        if not frame.empty:
+            csv(frame, name)
 
 
 def group_figures(report: Report, group: GroupReport, directory: Path, figures: dict[str, str]) -> list[Path]:
@@ -300,6 +397,12 @@ def group_figures(report: Report, group: GroupReport, directory: Path, figures: 
         made += report_plots.weight_trajectories(group.weights, f"{report.experiment}{where}: task weights of each SMTO's best run",
                                                  directory / f"{stem}.png", directory / f"{stem}.html")
         figures[stem] = f"{stem}.png"
+    for level in group.diagnostics.levels:
+        stem = f"diagnostics-{level}{group.suffix}"
+        made += report_plots.diagnostic_figure(group.diagnostics, level, f"{report.experiment}{where}: gradient "
+                                               f"diagnostics ({level} level), best configuration of each method",
+                                               directory / f"{stem}.png", directory / f"{stem}.html")
+        figures[stem] = f"{stem}.png"
     return made
 
 
@@ -311,8 +414,8 @@ def metric_key(label: str) -> str:
 def log_report(report: Report, written: WrittenReport) -> str:
     """Log the report as a run ``report`` of the experiment (tag ``searcher.role=report``); return its id.
 
-    Metrics: ``delta_m/<method>``, ``mean_rank/<method>`` and ``pareto_optimal/<method>`` of the
-    first group; ``g<k>/...`` for group k > 1.
+    Metrics: ``delta_m/<method>``, ``mean_rank/<method>``, ``pareto_optimal/<method>`` and
+    ``ranking_similarity/<level>/<measure>`` (S against Δm) of the first group; ``g<k>/...`` for group k > 1.
     """
     client = MlflowClient(report.uri)
     tags = {Tag.ROLE: Role.REPORT, Tag.SPACE: report.space.split(", ")[0], Tag.PROBLEM: report.problem,
@@ -334,6 +437,9 @@ def log_report(report: Report, written: WrittenReport) -> str:
                         metrics.append(Metric(f"{prefix}{name}/{metric_key(row['method'])}", float(row[name]), now, 0))
             for _, row in group.pareto_methods.iterrows():
                 metrics.append(Metric(f"{prefix}pareto_optimal/{metric_key(row['method'])}", float(row["pareto_optimal"]), now, 0))
+            for _, row in group.similarity.iterrows():  # `004` eq. 9 against Δm
+                if row["against"] == "Δm" and pd.notna(row["S"]):
+                    metrics.append(Metric(f"{prefix}ranking_similarity/{row['level']}/{row['measure']}", float(row["S"]), now, 0))
         client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         for path in written.files:
             client.log_artifact(run_id, str(path))

@@ -37,11 +37,11 @@ from searcher.run_record import DIAG_LEVELS, DiagName, RunRecord, diag_histories
 MEASURES = ("gds", "gms", "conflict_pairs", "conflict_params", "fd")
 #: What each measure is, for axis labels and the report.
 DESCRIPTIONS = {
-    "gds": "GDS: mean cosine similarity (`004` eq. 5b)",
-    "gms": "GMS: mean magnitude similarity (`004` eq. 6b)",
-    "conflict_pairs": "pairs in conflict (cos < 0, `003` §4.2)",
-    "conflict_params": "components of opposite sign (`003` Fig. 3)",
-    "fd": "FD: feature disentanglement (`004` eq. 8)",
+    "gds": "GDS: mean cosine similarity (004 eq. 5b)",
+    "gms": "GMS: mean magnitude similarity (004 eq. 6b)",
+    "conflict_pairs": "pairs in conflict (cos < 0, 003 §4.2)",
+    "conflict_params": "components of opposite sign (003 Fig. 3)",
+    "fd": "FD: feature disentanglement (004 eq. 8)",
 }
 #: `004` §5.5 and App. 8: the last 50 of about 300 points of a trajectory make its end value.
 TAIL_FRACTION = 50 / 300

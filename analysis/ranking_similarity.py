@@ -31,6 +31,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from searcher.run_record import DIAG_LEVELS
+
 #: The measures `004` §5.5 ranks (GDS eq. 5b, GMS eq. 6b, FD eq. 8).
 MEASURES = ("gds", "gms", "fd")
 DELTA_M = "Δm"
@@ -65,7 +67,8 @@ def similarity_table(end_values: pd.DataFrame, performance: Mapping[str, Mapping
     rows = []
     between = end_values[end_values["between"] == "tasks"] if not end_values.empty else end_values
     for measure in measures:
-        for level in dict.fromkeys(between["level"]) if not between.empty else []:
+        found = set(between["level"]) if not between.empty else set()
+        for level in [lv for lv in DIAG_LEVELS if lv in found] + sorted(found - set(DIAG_LEVELS)):
             mine = between[(between["measure"] == measure) & (between["level"] == level)]
             if mine.empty:
                 continue

@@ -247,9 +247,8 @@ def views_section(group: GroupReport, figures: Mapping[str, str]) -> list[str]:
             if stem in figures:
                 out += [f"![gradient diagnostics, {level} level]({figures[stem]})", ""]
             headers, rows = end_value_table(curves, level)
-            out += [f"End of training ({level} level): per run the mean over the last ⌈{TAIL_FRACTION * 300:.0f}/300⌉ "
-                    "of its epochs (at least one; `004` §5.5 takes the last 50 of about 300 points), then over the "
-                    "seeds:", "",
+            out += [f"End of training ({level} level): per run the mean over its last ⌈n/{round(1 / TAIL_FRACTION)}⌉ "
+                    "of its n epochs (`004` §5.5 takes the last 50 of about 300 points), then over the seeds:", "",
                     markdown_table(headers, [[r[0]] + [fmt(v) for v in r[1:]] for r in rows]), ""]
         out += similarity_section(group, DELTA_M)
     out += [f"### Adam vs SGD: best configuration per method and optimizer (`003` §4.1, Tables A3-A6; {group.name})", ""]

@@ -436,7 +436,7 @@ def diagnostic_figure(curves: Any, level: str, title: str, png: str | Path, html
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if not series:
-                ax.annotate("no between-sample measure" if scope.startswith("between samples") else "no multi-task run",
+                ax.annotate("no between-sample measure logged" if scope.startswith("between samples") else "no multi-task run",
                             (0.5, 0.5), xycoords="axes fraction", ha="center", fontsize=8, color="0.4")
         left.set_ylabel(DESCRIPTIONS.get(measure, measure), fontsize=8)
     for ax in axes[-1]:

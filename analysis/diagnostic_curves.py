@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from searcher.run_record import DIAG_LEVELS, DiagName, RunRecord, diag_histories
@@ -78,6 +79,8 @@ class DiagnosticCurves:
     histories: dict[str, dict[DiagName, list[list[tuple[int, float]]]]] = field(default_factory=dict)
     #: Rows whose best configuration's runs logged no diagnostic.
     without: list[str] = field(default_factory=list)
+    #: Runs whose histories MLflow could not give, one line each (left out of the curves).
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -145,7 +148,12 @@ def collect(client: MlflowClient, rows: Mapping[str, Sequence[RunRecord]]) -> Di
         for record in runs:
             if not record.diagnostics:
                 continue
-            for name, points in diag_histories(client, record).items():
+            try:
+                histories = diag_histories(client, record)
+            except MlflowException as err:  # one run's history lost must not sink the report
+                out.unreadable.append(f"{label} run {record.run_name}: {str(err).splitlines()[0]}")
+                continue
+            for name, points in histories.items():
                 measures.setdefault(name, []).append(points)
         if not measures:
             out.without.append(label)

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -242,6 +242,8 @@ def views_section(group: GroupReport, figures: Mapping[str, str]) -> list[str]:
                 "FD: eq. 8; conflicts: `003` §4.2.", ""]
         if curves.without:
             out += [f"No diagnostics logged by: {', '.join(curves.without)}.", ""]
+        if curves.unreadable:
+            out += [f"Diagnostic histories MLflow could not read (left out): {'; '.join(curves.unreadable)}.", ""]
         for level in curves.levels:
             stem = f"diagnostics-{level}{group.suffix}"
             if stem in figures:
@@ -346,7 +348,7 @@ def write_report(report: Report, out: str | Path) -> WrittenReport:
     return WrittenReport(directory, files, text)
 
 
-def views_csvs(report: Report, csv: Any) -> None:
+def views_csvs(report: Report, csv: Callable[[pd.DataFrame, str], None]) -> None:
     """The tables of the views, where a group has them: curves and end values of the diagnostics,
     their ranking similarity, the best configuration per method and optimizer."""
     def with_group(frames: list[tuple[GroupReport, pd.DataFrame]]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +25,14 @@ from searcher.run_record import Status, Tag
 from trainables.config import run_params
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Where a run keeps the model of its best validation epoch (``keep_model``): ``torch.save`` of
+#: ``{"model": state_dict, "method": state_dict, "epoch": int}`` (``Trainer.model_state``).
+BEST_MODEL_ARTIFACT = "model/best.pt"
+
 METRIC_PREFIXES = ("train/", "val/", "weight/", "weight_median/", "best/", "time/", "method/", "diag/")
 METRIC_KEYS = ("epoch", "diverged")
+#: A run's note when its best model could not be logged (the trial itself still counts).
+MODEL_NOTE_TAG = "searcher.model_note"
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -76,6 +83,37 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         for k, v in result.items()
         if (k.startswith(METRIC_PREFIXES) or k in METRIC_KEYS) and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+
+
+def log_best_model(client: MlflowClient, run_id: str, state: Mapping[str, Any] | None) -> bool:
+    """Log a kept best-epoch model state as the run's ``model/best.pt``; False when there is none
+    (``keep_model=false``, or no valid epoch)."""
+    if not state:
+        return False
+    import torch
+
+    directory, name = os.path.split(BEST_MODEL_ARTIFACT)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        torch.save(dict(state), path)
+        client.log_artifact(run_id, path, directory)
+    return True
+
+
+def checkpoint_best_model(checkpoint: Any) -> dict[str, Any] | None:
+    """The kept best-epoch state in a trial's last Ray checkpoint (None: none kept, or no checkpoint)."""
+    if checkpoint is None:
+        return None
+    import torch
+
+    from trainables.tune_trainable import STATE_FILE
+
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / STATE_FILE
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    return state.get("best_model") if isinstance(state, Mapping) else None
 
 
 def run_tags(config: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:
@@ -190,5 +228,12 @@ class TrialLogger(MLflowLoggerCallback):
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]
         status = status_of(self._last.get(trial, {}), self.max_epochs, failed)
-        MlflowClient(self.tracking_uri).set_tag(run_id, Tag.STATUS, status)
+        client = MlflowClient(self.tracking_uri)
+        # the best epoch's model rides in the trial's last checkpoint (``keep_model``); only the
+        # driver writes to MLflow, so it is logged from here
+        try:
+            log_best_model(client, run_id, checkpoint_best_model(getattr(trial, "checkpoint", None)))
+        except (OSError, RuntimeError, ValueError) as err:
+            client.set_tag(run_id, MODEL_NOTE_TAG, f"model/best.pt not logged: {err}"[:5000])
+        client.set_tag(run_id, Tag.STATUS, status)
         super().log_trial_end(trial, failed=failed)

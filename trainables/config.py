@@ -71,6 +71,11 @@ COMMON: dict[str, Hyperparameter] = {
         "gramian on a GPU when the Jacobian would fill an eighth of its free memory and the stages at least halve "
         "it, else jacobian", choices=GRAD_MEMORY
     ),
+    "keep_model": Hyperparameter(
+        True, bool, "keep the model of the best validation epoch (a CPU copy on each improvement) and log it to the "
+        "run as model/best.pt, what `searcher robustness` evaluates; false for big searches on big models (a "
+        "ResNet-50 is ~100 MB per trial)"
+    ),
     "seed": Hyperparameter(0, int, "base seed; a run's seed is seed + its run index"),
     "run_index": Hyperparameter(0, int, "index of the run in its search (seeds derive from it)", low=0),
     "device": Hyperparameter("auto", str, "auto, cpu or cuda"),

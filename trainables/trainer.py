@@ -113,6 +113,10 @@ class Trainer:
         #: trained tasks waiting for the method's own per-task gradients (reused, not recomputed).
         self._pending_diagnosis: tuple[torch.Tensor, list[int]] | None = None
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
+        #: With ``keep_model``: a CPU copy of the model and method state of the best validation epoch
+        #: (``best_model``), what ``searcher robustness`` evaluates; copied only when the best improves.
+        self.keep_model = bool(self.config["keep_model"])
+        self.best_state: dict[str, Any] | None = None
         self._val_cycle: Iterator[Any] | None = None
 
     # ----------------------------------------------------------------- set-up
@@ -442,6 +446,8 @@ class Trainer:
         if score > self.best["best/val_score"] or self.best["best/epoch"] == 0:
             test = self.evaluate("test")
             self.best = {"best/val_score": score, "best/epoch": self.epoch, **flatten("best/val", val), **flatten("best/test", test)}
+            if self.keep_model:
+                self.best_state = self.model_state()
         metrics.update(self.best)
         metrics["epoch"] = self.epoch
         metrics["time/epoch_s"] = time.perf_counter() - start
@@ -455,11 +461,32 @@ class Trainer:
             yield self.run_epoch()
 
     # ----------------------------------------------------------------- checkpoints
+    def model_state(self) -> dict[str, Any]:
+        """A CPU copy of what a trained model is: the model's and the method's state (a method may
+        hold parameters that the forward pass uses, e.g. RotoGrad's rotations) and the epoch."""
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "method": {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v
+                       for k, v in self.method.state_dict().items()},
+            "epoch": self.epoch,
+        }
+
+    def best_model(self) -> dict[str, Any] | None:
+        """The kept state of the best validation epoch (``model_state``), None without ``keep_model``."""
+        return self.best_state
+
+    def load_model(self, state: Mapping[str, Any]) -> None:
+        """Load a ``model_state`` (e.g. a run's ``model/best.pt``) into this trainer's model and method."""
+        self.model.load_state_dict(state["model"])
+        if state.get("method") is not None:
+            self.method.load_state_dict(state["method"])
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "elapsed_s": self.elapsed_s,
             "best": dict(self.best),
+            "best_model": self.best_state,
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -474,6 +501,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))  # checkpoints from before it was kept: 0
         self.best = dict(state["best"])
+        self.best_state = state.get("best_model")  # checkpoints from before it was kept: None
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])

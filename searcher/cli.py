@@ -1,4 +1,4 @@
-"""The ``searcher`` command line: spaces, methods, train, tune, confirm, extract-weights, rerun, report.
+"""The ``searcher`` command line: spaces, methods, train, tune, confirm, extract-weights, rerun, report, robustness.
 
 Bad input (unknown space or method, malformed ``--param``, missing data) ends with one line
 on stderr and exit status 2, never a traceback.
@@ -141,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "max_epochs, options}} (default: each group's own single_task runs)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: report-<experiment>/)")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
+
+    p = sub.add_parser("robustness", help="corruption robustness of MTL runs vs their single-task references (`003` §4.3)")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID",
+                   help="MLflow runs of multi-task methods (with model/best.pt: keep_model=true, the default); "
+                        "several are averaged, as `003` averages seeds")
+    p.add_argument("--corruptions", default=None, metavar="NAME,...",
+                   help="comma-separated corruptions (default: all 14: gaussian_noise, shot_noise, impulse_noise, "
+                        "defocus_blur, glass_blur, motion_blur, zoom_blur, snow, fog, brightness, contrast, "
+                        "elastic_transform, pixelate, jpeg_compression; frost is not available)")
+    p.add_argument("--severities", default="1-5", help="severities, e.g. 1-5 (default) or 1,3,5")
+    p.add_argument("--table", choices=("auto", "imagenet", "cifar"), default="auto",
+                   help="severity constants: ImageNet-C's or CIFAR-10-C's; auto: CIFAR-10-C's for images under 100 "
+                        "pixels a side (Multi-MNIST), else ImageNet-C's")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruptions' random draws (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-dir", default=None, help="where the problem's data lives")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: robustness-<run id>/)")
+    p.add_argument("--tracking-uri", "--store", default=None, help=DEFAULT_STORE_HELP)
     return parser
 
 
@@ -379,6 +397,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from analysis.robustness import CONVENTION
+    from searcher import tracking
+    from searcher.robustness import ARTIFACT_DIR, run_robustness
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    result = run_robustness(uri, args.run_ids, args.corruptions, args.severities, args.out, args.data_dir, args.device,
+                            args.seed, args.table, progress=lambda text: print(f"searcher: {text}", flush=True))
+    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 500):
+        print(f"\n{CONVENTION}")
+        table = result.corruptions.pivot_table(index=["task", "metric"], columns="corruption", values="delta",
+                                               observed=True, sort=False)
+        print("\nδ per corruption (mean over severities and runs):")
+        print(table.round(4).to_string())
+        print("\nδ_t (mean over corruptions and severities, `003` eq. 6):")
+        print(result.summary.round(4).to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}/; logged under {ARTIFACT_DIR}/ "
+          f"of run(s) {', '.join(args.run_ids)}")
+    return 0
+
+
 COMMANDS = {
     "spaces": cmd_spaces,
     "methods": cmd_methods,
@@ -388,6 +431,7 @@ COMMANDS = {
     "extract-weights": cmd_extract_weights,
     "rerun": cmd_rerun,
     "report": cmd_report,
+    "robustness": cmd_robustness,
 }
 
 

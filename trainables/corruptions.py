@@ -37,6 +37,7 @@ Deviations from the reference code, each named where it happens:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -323,7 +324,9 @@ def pixelate(x: torch.Tensor, c: float, g: torch.Generator) -> torch.Tensor:
 
 def jpeg_compression(x: torch.Tensor, c: int, g: torch.Generator) -> torch.Tensor:
     images = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    out = [decode_jpeg(encode_jpeg(img, quality=int(c))).float() / 255 for img in images]
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = [decode_jpeg(encode_jpeg(img, quality=int(c))).float() / 255 for img in images]
     return torch.stack(out).to(x)
 
 

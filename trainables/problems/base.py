@@ -76,6 +76,10 @@ class Problem(ABC):
     description: str = ""
     #: Training defaults of the problem (overridden by the space, then by the trial config).
     defaults: Mapping[str, Any] = {}
+    #: Inputs that are images: the per-channel (mean, std) that standardised [0, 1] pixels into
+    #: the inputs, so that image corruptions (``trainables.corruptions``) act on pixels; None for
+    #: inputs that are not images (no corruption applies).
+    pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     @abstractmethod

@@ -68,7 +68,9 @@ from trainables import dense_metrics as dm
 from trainables.errors import ConfigError, DataError
 from trainables.problems import cityscapes_split
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
-from trainables.problems.dense_models import ResNetEncoder, check_pretrained, deeplab_head, normalize_image
+from trainables.problems.dense_models import (
+    IMAGENET_MEAN, IMAGENET_STD, ResNetEncoder, check_pretrained, deeplab_head, normalize_image,
+)
 
 SEGMENTATION, DISPARITY, INSTANCE = "segmentation", "disparity", "instance"
 IGNORE = dm.IGNORE_INDEX  # -1, as the MTAN files and the `002` code
@@ -481,6 +483,7 @@ _INSTANCE_REFERENCE_256 = {"l1": 2.5}
 class Cityscapes(Problem):
     name = "cityscapes"
     description = "Cityscapes: semantic segmentation (7 or 19 classes), disparity, instance offsets (`002` §3.3)"
+    pixel_stats = (IMAGENET_MEAN, IMAGENET_STD)  # loaded ImageNet-standardised (normalize_image)
 
     def __init__(self, variant: str = "r50") -> None:
         if variant not in VARIANTS:

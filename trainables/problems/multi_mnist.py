@@ -92,6 +92,7 @@ class MultiMNIST(Problem):
     name = "multi_mnist"
     description = "two real MNIST digits per image; classify (C) or reconstruct (R) the left (L) / right (R) one"
     defaults = {"batch_size": 256, "lr_decay": 0.95, "digit_source": "auto", "data_seed": 0}
+    pixel_stats = ((MEAN,), (STD,))
 
     def source_option(self, source: str) -> dict[str, str]:
         return {"digit_source": source}

@@ -493,6 +493,7 @@ def parse_filters(value: Any) -> tuple[int, ...]:
 class NYUv2(Problem):
     name = "nyuv2"
     description = "NYUv2 (MTAN's preprocessed .npy): 13-class segmentation, depth, surface normals"
+    pixel_stats = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] RGB as stored (the model standardises)
 
     def __init__(self, model: str = "segnet") -> None:
         if model not in MODELS:

@@ -36,6 +36,8 @@ class Tag:
     #: completed / stopped_early / diverged / failed / running (``Status``).
     STATUS = PREFIX + "status"
     DIVERGED_REASON = PREFIX + "diverged_reason"
+    #: Why a run's best model (``model/best.pt``, ``keep_model``) could not be logged.
+    MODEL_NOTE = PREFIX + "model_note"
     #: search (a launch's parent run) / report / rerun; trials of tune, train and confirm have none.
     ROLE = PREFIX + "role"
     #: The command that trained it: train / tune / confirm / rerun.
@@ -90,10 +92,10 @@ FIXED = "fixed"
 VAL_SCORE = "best/val_score"
 BEST_EPOCH = "best/epoch"
 TEST_PREFIX = "best/test/"
-#: Params that do not change what a configuration is: repeats of it differ only in these.
-#: Params that never change what is trained: runs differing only in them are seeds of one
-#: configuration (the gradient diagnostics only read gradients: tests/test_diagnostics.py).
-SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads", "diagnostics_every", "diagnostics_samples")
+#: Params that do not change what a configuration is: repeats of it differ only in these (the
+#: gradient diagnostics only read gradients, tests/test_diagnostics.py; keep_model only copies).
+SEED_PARAMS = ("seed", "run_index", "repeat", "device", "batched_grads", "diagnostics_every", "diagnostics_samples",
+               "keep_model")
 
 
 def arm_key(method: str, task: str | None = None) -> str:

@@ -31,8 +31,6 @@ BEST_MODEL_ARTIFACT = "model/best.pt"
 
 METRIC_PREFIXES = ("train/", "val/", "weight/", "weight_median/", "best/", "time/", "method/", "diag/")
 METRIC_KEYS = ("epoch", "diverged")
-#: A run's note when its best model could not be logged (the trial itself still counts).
-MODEL_NOTE_TAG = "searcher.model_note"
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -234,6 +232,6 @@ class TrialLogger(MLflowLoggerCallback):
         try:
             log_best_model(client, run_id, checkpoint_best_model(getattr(trial, "checkpoint", None)))
         except (OSError, RuntimeError, ValueError) as err:
-            client.set_tag(run_id, MODEL_NOTE_TAG, f"model/best.pt not logged: {err}"[:5000])
+            client.set_tag(run_id, Tag.MODEL_NOTE, f"model/best.pt not logged: {err}"[:5000])
         client.set_tag(run_id, Tag.STATUS, status)
         super().log_trial_end(trial, failed=failed)

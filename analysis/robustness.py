@@ -18,6 +18,7 @@ evaluates the models) and returns pandas tables and a matplotlib figure.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -124,9 +125,10 @@ def plot(corruptions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7,
                         color="white" if abs(grid[i, j]) > 0.6 * limit else "black")
-    fig.colorbar(image, ax=ax, label="δ (> 0: STL more robust, < 0: MTL more robust)")
-    ax.set_title(title or "Corruption robustness, MTL vs STL (`003` eq. 6), mean over severities", fontsize=9)
+    fig.colorbar(image, ax=ax, label="δ (< 0: MTL more robust)")
+    ax.set_title(textwrap.fill(title or "Corruption robustness, MTL vs STL (`003` eq. 6), mean over severities", 60),
+                 fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path

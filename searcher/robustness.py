@@ -14,6 +14,7 @@ figure are written to ``--out`` and logged to each MTL run under ``robustness/``
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -148,6 +150,8 @@ def load_trainer(client: MlflowClient, record: RunRecord, data_dir: str | None, 
         raise ConfigError(f"run {record.run_id} trained on {record.data_source} data, here {used} would be used "
                           "(pass --data-dir)")
     trainer = Trainer(problem, config, data)
+    # one small file per run: MLflow's progress bars would only clutter the command's output
+    os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(record.run_id, BEST_MODEL_ARTIFACT, tmp)

@@ -112,5 +112,5 @@ def test_a_rerun_goes_through_ray_with_its_weights_and_tags(ray_session, trackin
     for run in runs:
         if run.data.tags["searcher.role"] == "rerun":
             assert run.data.tags["searcher.source_run"] == source and run.data.params["method"] == "fixed"
-            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["fixed_weights.json"]
+            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["fixed_weights.json", "model"]  # model/best.pt: keep_model
             assert run.info.run_name.startswith("fixed-0000-seed")

@@ -159,7 +159,7 @@ def test_end_to_end_cagrad_extract_then_rerun(ray_session, tmp_path, monkeypatch
         assert run["params.lr"] == "0.01" and run["params.steps_per_epoch"] == "10" and run["params.max_epochs"] == "3"
         assert run["params.run_index"] == "0" and run["tags.searcher.status"] == "completed"
         assert run["tags.searcher.mode"] == "rerun"
-        assert [a.path for a in client.list_artifacts(run.run_id)] == ["fixed_weights.json"]
+        assert [a.path for a in client.list_artifacts(run.run_id)] == ["fixed_weights.json", "model"]  # model/best.pt: keep_model
     assert sorted(runs["params.seed"]) == [str(repeat_seed(0, 0)), str(repeat_seed(0, 1))] == ["100000", "200000"]
     assert sorted(runs["params.repeat"]) == ["0", "1"]
     # the source, the launch's parent run and the two reruns

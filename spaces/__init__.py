@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spaces.base import SearchSpace, grid_points, suggest, suggest_grid_point
+from spaces.celeba import CELEBA
 from spaces.cityscapes import CITYSCAPES_19C, CITYSCAPES_HR, CITYSCAPES_INST, CITYSCAPES_R18, CITYSCAPES_R50
 from spaces.multi_mnist import MNIST_CL_CR, MNIST_CL_RR, MNIST_RL_RR
 from spaces.nyuv2 import NYUV2, NYUV2_MTAN, NYUV2_R50
@@ -19,6 +20,7 @@ for _space in (
     CITYSCAPES_R50, CITYSCAPES_R18, CITYSCAPES_INST, CITYSCAPES_HR, CITYSCAPES_19C,
     NYUV2, NYUV2_R50, NYUV2_MTAN,
     QM9, QM9_NASHMTL,
+    CELEBA,
 ):
     SPACES.register(_space.name, _space)
 

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from trainables.errors import ConfigError
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
+from trainables.problems.celeba import CelebA
 from trainables.problems.cityscapes import Cityscapes
 from trainables.problems.multi_mnist import MultiMNIST
 from trainables.problems.nyuv2 import NYUv2
@@ -19,6 +20,7 @@ PROBLEMS.register(CAGradToy.name, CAGradToy)
 PROBLEMS.register(Cityscapes.name, Cityscapes)
 PROBLEMS.register(NYUv2.name, NYUv2)
 PROBLEMS.register(QM9.name, QM9)
+PROBLEMS.register(CelebA.name, CelebA)
 
 
 def build_problem(name: str, options: Mapping[str, Any] | None = None) -> Problem:

@@ -183,7 +183,7 @@ def evaluate(trainer: Trainer, conditions: Sequence[tuple[str, int]], seed: int 
     trainer.method.eval()
     out: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
     for condition in conditions:
-        acc = trainer.problem.new_metrics()
+        acc = trainer.problem.new_metrics(trainer.config)
         for index, batch in enumerate(trainer.splits.test):
             inputs, targets = trainer.to_device(batch)
             if condition != rob.CLEAN:

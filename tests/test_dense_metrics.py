@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables import dense_metrics as dm
-from trainables.metrics import MetricAccumulator
+from trainables.metrics import MetricAccumulator, per_batch
 
 
 def one_hot_logits(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -126,3 +126,31 @@ def test_masked_l1_loss_and_instance_l1_with_nan_as_invalid():
     assert dm.masked_l1_loss(out, target, dm.finite).item() == pytest.approx(1.5)
     none = dm.masked_l1_loss(out.requires_grad_(True), torch.full_like(target, math.nan), dm.finite)
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_per_batch_mean_differs_from_pooled_by_hand():
+    """Batch 1: one valid pixel (target 2, prediction 6: |error| 4, relative 2) and one invalid;
+    batch 2: three valid pixels predicted exactly. Pooled over the 4 valid pixels: abs 4/4 = 1,
+    rel 2/4 = 0.5. Per batch (MTAN's ``avg_cost += cost / test_batch``): abs (4 + 0)/2 = 2,
+    rel (2 + 0)/2 = 1. A third batch without a valid pixel is left out of the per-batch mean."""
+    b1 = (torch.tensor([6.0, 9.0]).view(1, 1, 1, 2), torch.tensor([2.0, 0.0]).view(1, 1, 1, 2))
+    b2 = (torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 1, 3), torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 1, 3))
+    empty = (torch.tensor([5.0]).view(1, 1, 1, 1), torch.tensor([0.0]).view(1, 1, 1, 1))
+    pooled_specs = (dm.abs_error_metric(), dm.rel_error_metric())
+    per_batch_specs = tuple(per_batch(m) for m in pooled_specs)
+
+    def run(specs):
+        acc = MetricAccumulator({"d": specs})
+        for out, tgt in (b1, b2, empty):
+            acc.update({"d": out}, {"d": tgt})
+        return acc.compute()["d"]
+
+    assert run(pooled_specs) == {"abs_err": pytest.approx(1.0), "rel_err": pytest.approx(0.5)}
+    assert run(per_batch_specs) == {"abs_err": pytest.approx(2.0), "rel_err": pytest.approx(1.0)}
+    # the wrapped metric keeps its name, direction and printing
+    shown = per_batch(dm.abs_error_metric().shown("m"))
+    assert (shown.name, shown.higher_is_better, shown.unit) == ("abs_err", False, "m")
+    # nothing valid in any batch: NaN, as pooled
+    acc = MetricAccumulator({"d": per_batch_specs})
+    acc.update({"d": empty[0]}, {"d": empty[1]})
+    assert all(math.isnan(v) for v in acc.compute()["d"].values())

@@ -12,7 +12,8 @@ accuracy, ``depth_error`` for abs / rel error on ``binary_mask = depth != 0``) a
 (AvivNavon/nash-mtl, ``experiments/cityscapes/utils.py``). Unlike MTAN, whose mIoU averages
 every class (NaN when a class is absent), classes absent from both the prediction and the
 target of the whole split (union 0) are left out of the mean; and errors are averaged over
-all valid pixels of the split rather than per batch.
+all valid pixels of the split rather than per batch (``trainables.metrics.per_batch`` gives
+MTAN's per-batch mean instead: NYUv2's option ``metric_average``).
 
 Each ``*_metric`` builder returns a ``trainables.metrics.MetricSpec``; the plain functions
 take logits / predictions and targets of one batch.

@@ -1,7 +1,9 @@
 """Task metrics and the multi-task score.
 
 Each metric is computed from per-batch sufficient statistics (a sum and a count) so that
-an epoch's value is exact whatever the batch size. ``delta_m`` is `002` eq. (1).
+an epoch's value is exact whatever the batch size; ``per_batch`` turns a metric into the mean
+of its per-batch values instead (how MTAN and Nash-MTL average NYUv2's depth and normal
+errors). ``delta_m`` is `002` eq. (1).
 """
 
 from __future__ import annotations
@@ -43,6 +45,35 @@ class MetricSpec:
     def shown(self, unit: str, scale: float = 1.0) -> "MetricSpec":
         """The same metric, printed in ``unit`` (x ``scale``) by reports."""
         return dataclasses.replace(self, unit=unit, scale=scale)
+
+
+#: A metric's value on one batch computed directly (e.g. an exact median); None when the batch has
+#: nothing to count.
+BatchValueFn = Callable[[torch.Tensor, torch.Tensor], Union[float, None]]
+
+
+def per_batch(spec: MetricSpec, batch_value: BatchValueFn | None = None) -> MetricSpec:
+    """``spec`` averaged per batch: each batch's own value, then the mean of those over batches.
+
+    MTAN (lorenmt/mtan ``im2im_pred/utils.py``, ``multi_task_trainer``) and Nash-MTL
+    (AvivNavon/nash-mtl ``experiments/nyuv2/trainer.py``) form an epoch's depth and normal
+    errors as ``avg_cost += cost / test_batch``: the mean of per-batch values, every batch
+    weighing the same whatever its number of valid pixels. The batch's value is
+    ``batch_value(output, target)`` when given (an exact per-batch statistic) and else
+    ``spec.reduce`` of the batch's own statistics. A batch with nothing to count (value None or
+    NaN: no valid pixel) is left out of the mean; MTAN's would put a NaN into the epoch's value.
+    """
+
+    def fn(output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+        if batch_value is not None:
+            value = batch_value(output, target)
+        else:
+            value = spec.reduce(*spec.fn(output, target))
+        if value is None or math.isnan(float(value)):
+            return 0.0, 0.0
+        return float(value), 1.0
+
+    return dataclasses.replace(spec, fn=fn, reduce=ratio)
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:

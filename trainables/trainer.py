@@ -423,7 +423,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, dict[str, float]]:
         """Metrics of every task on ``split`` ('val' or 'test')."""
         self.model.eval()
-        acc = self.problem.new_metrics()
+        acc = self.problem.new_metrics(self.config)
         for batch in getattr(self.splits, split):
             inputs, targets = self.to_device(batch)
             acc.update(self.forward(self.model, inputs), targets)

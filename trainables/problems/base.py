@@ -120,7 +120,9 @@ class Problem(ABC):
         driven by KPIs (DTP, AMTL); None where the task has no natural one."""
         return None
 
-    def new_metrics(self) -> MetricAccumulator:
+    def new_metrics(self, config: Mapping[str, Any] | None = None) -> MetricAccumulator:
+        """An accumulator of every task's metrics over one split; ``config`` (the run's resolved
+        config) lets a problem pick how they are averaged (NYUv2's ``metric_average``)."""
         return MetricAccumulator({t.name: t.metrics for t in self.tasks})
 
     def higher_is_better(self) -> dict[str, dict[str, bool]]:

@@ -23,8 +23,16 @@ Training batches get CAGrad's / Nash-MTL's augmentation (``augment``, on by defa
 Losses as MTAN's ``model_fit``: cross-entropy ignoring -1; L1 depth on pixels with depth > 0;
 1 - cosine between predicted and true normals on pixels with a normal. Metrics as `000`
 Table 2: mIoU and pixel accuracy; absolute and relative depth error; the angle between
-predicted and true normals (mean, median, fraction within 11.25 / 22.5 / 30 degrees), all
-accumulated over a whole split.
+predicted and true normals (mean, median, fraction within 11.25 / 22.5 / 30 degrees).
+Segmentation's are always accumulated over the whole split (MTAN's and Nash-MTL's
+``ConfMatrix``); option ``metric_average`` says how the seven depth and normal statistics are:
+``pooled`` (default) over every valid pixel of the split, as LibMTL (``examples/nyu/utils.py``:
+``DepthMetric`` weighs each batch's mean by its valid-pixel count, ``NormalMetric`` concatenates
+every angle), or ``per_batch`` as MTAN (lorenmt/mtan ``im2im_pred/utils.py``: ``depth_error``,
+``normal_error``, ``multi_task_trainer``'s ``avg_cost += cost / test_batch``) and Nash-MTL
+(AvivNavon/nash-mtl ``experiments/nyuv2/utils.py``, ``trainer.py``, the same): each batch's
+mean, median and "within" fractions over its own valid pixels, then the plain mean of those
+over the batches of the split (the space ``nyuv2_mtan``).
 
 Models (``model``): MTAN's SegNet "split" baseline (shared encoder-decoder, z = the last
 decoder feature map, a small conv head per task), SegNet + MTAN's task attention
@@ -34,7 +42,8 @@ per task (`001` A.1, `003` §4.1.2: ResNet-50; ResNet-18 as in `004`), from
 
 Options (``--param``): ``height`` / ``width`` (every split resized to them, 288x384 native),
 ``num_workers`` (DataLoader workers; memory pinned on CUDA), ``augment``, ``validation``
-(holdout or test), ``val_fraction`` and ``split_seed`` (the holdout split), ``pretrained`` (ImageNet ResNet weights, off; they are
+(holdout or test), ``val_fraction`` and ``split_seed`` (the holdout split), ``metric_average``
+(pooled or per_batch), ``pretrained`` (ImageNet ResNet weights, off; they are
 downloaded by torchvision), ``segnet_filters`` (SegNet widths, narrow for tests).
 """
 
@@ -63,7 +72,7 @@ from trainables.dense_metrics import (
     segmentation_loss,
 )
 from trainables.errors import ConfigError, DataError
-from trainables.metrics import MetricSpec, Stat
+from trainables.metrics import MetricAccumulator, MetricSpec, Stat, per_batch
 from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
 from trainables.problems.dense_models import ResNetEncoder, deeplab_head, normalize_image
 
@@ -74,6 +83,8 @@ KINDS = ("image", "label", "depth", "normal")
 TASKS = ("segmentation", "depth", "normal")
 #: Where the epoch is selected (option ``validation``).
 VALIDATION = ("holdout", "test")
+#: How depth and normal errors are averaged over a split (option ``metric_average``).
+METRIC_AVERAGE = ("pooled", "per_batch")
 DOWNLOAD = "https://www.dropbox.com/s/p2nn02wijg7peiy/nyuv2.zip"
 MODELS = {"segnet": None, "segnet_mtan": None, "resnet18_deeplab": "resnet18", "resnet50_deeplab": "resnet50"}
 #: MTAN's SegNet widths ("standard"; its "wide" variant ends in 1024).
@@ -342,6 +353,30 @@ SEGMENTATION_METRICS = (miou_metric(NUM_CLASSES).shown("%", 100.0), pixel_accura
 DEPTH_METRICS = (abs_error_metric(positive).shown("m"), rel_error_metric(positive))
 
 
+def batch_median_angle(pred: torch.Tensor, target: torch.Tensor) -> float | None:
+    """The exact median angle of one batch's valid pixels (numpy's ``np.median``, as MTAN's
+    ``normal_error``: the mean of the two middle values for an even count); None if none valid."""
+    angles = normal_angles(pred, target).sort().values
+    n = angles.numel()
+    if n == 0:
+        return None
+    return float((angles[(n - 1) // 2] + angles[n // 2]) / 2)
+
+
+def averaged_metrics(average: str) -> dict[str, tuple[MetricSpec, ...]]:
+    """Every task's metrics with depth and normal statistics ``pooled`` over the split's valid
+    pixels or averaged ``per_batch`` (MTAN / Nash-MTL: all seven of them, the median included,
+    are per-batch values averaged over batches); segmentation's are pooled either way."""
+    if average == "pooled":
+        return {"segmentation": SEGMENTATION_METRICS, "depth": DEPTH_METRICS, "normal": NORMAL_METRICS}
+    exact = {"median_angle": batch_median_angle}
+    return {
+        "segmentation": SEGMENTATION_METRICS,
+        "depth": tuple(per_batch(m) for m in DEPTH_METRICS),
+        "normal": tuple(per_batch(m, exact.get(m.name)) for m in NORMAL_METRICS),
+    }
+
+
 def depth_delta1(pred: torch.Tensor, target: torch.Tensor) -> float | None:
     """Fraction of valid pixels with max(pred/gt, gt/pred) < 1.25 (the delta_1 accuracy `001`
     reports for depth); a non-positive prediction counts as wrong. None without valid pixels."""
@@ -519,6 +554,9 @@ class NYUv2(Problem):
             "validation": "holdout",
             "val_fraction": 0.2,  # of MTAN's train folder -> our validation split (159 of 795)
             "split_seed": 0,  # seed of that split
+            # depth / normal errors over all valid pixels of a split (LibMTL) or per batch, then
+            # averaged over batches (MTAN, Nash-MTL)
+            "metric_average": "pooled",
             "pretrained": False,  # ImageNet weights for the ResNet (downloaded by torchvision)
             "segnet_filters": SEGNET_FILTERS,
         }
@@ -544,11 +582,17 @@ class NYUv2(Problem):
             "validation": parse_choice("validation", c["validation"], VALIDATION),
             "val_fraction": parse_float("val_fraction", c["val_fraction"]),
             "split_seed": parse_int("split_seed", c["split_seed"]),
+            "metric_average": parse_choice("metric_average", c["metric_average"], METRIC_AVERAGE),
             "pretrained": pretrained,
             "filters": parse_filters(c["segnet_filters"]),
             "batch_size": parse_int("batch_size", c["batch_size"], minimum=1),
             "dropout": parse_float("dropout", c["dropout"]),
         }
+
+    def new_metrics(self, config: Mapping[str, Any] | None = None) -> MetricAccumulator:
+        """The split's accumulator, depth and normal errors averaged as ``metric_average`` says."""
+        average = self._options(config or {})["metric_average"]
+        return MetricAccumulator(averaged_metrics(average))
 
     def prepare(self, data_dir: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
         """Find and check the MTAN layout once, on the driver (a one-line DataError if absent)."""
@@ -651,6 +695,9 @@ __all__ = [
     "NYUv2Npy",
     "SegNetEncoderDecoder",
     "NORMAL_METRICS",
+    "METRIC_AVERAGE",
+    "averaged_metrics",
+    "batch_median_angle",
     "find_root",
     "histogram_median",
     "normal_angles",

@@ -21,6 +21,7 @@ from trainables.problems import build_problem
 from trainables.problems.nyuv2 import (
     ANGLE_BIN,
     NORMAL_METRICS,
+    batch_median_angle,
     NYUv2Npy,
     SegNetEncoderDecoder,
     depth_delta1,
@@ -267,6 +268,138 @@ def test_normal_angle_metrics_by_hand_over_two_batches():
     directions = {s.name: s.higher_is_better for s in NORMAL_METRICS}
     assert directions == {"mean_angle": False, "median_angle": False, "within_11.25": True,
                           "within_22.5": True, "within_30": True}
+
+
+def test_per_batch_averaging_of_depth_and_normals_by_hand():
+    """``metric_average=per_batch`` (MTAN / Nash-MTL): each batch's value, then their mean.
+
+    Depth: batch 1 has one valid pixel (|error| 4, relative 4/2 = 2), batch 2 three exact ones:
+    pooled abs 4/4 = 1 and rel 2/4 = 0.5; per batch (4 + 0)/2 = 2 and (2 + 0)/2 = 1.
+    Normals: batch 1 one valid angle 40 (+ an invalid pixel), batch 2 angles 0, 10, 20, 50.
+    Pooled over {0, 10, 20, 40, 50}: mean 24, median 20, within 11.25 / 22.5 / 30: 2/5, 3/5, 3/5.
+    Per batch: batch values (40, 20) mean 30; medians (40, 15) -> 27.5 (15: numpy's median of
+    an even count, exact); within (0, 1/2) -> 1/4, (0, 3/4) -> 3/8, (0, 3/4) -> 3/8.
+    Segmentation is pooled either way (MTAN's ConfMatrix).
+    """
+    problem = build_problem("nyuv2")
+    depth = [(torch.tensor([6.0, 9.0]).view(1, 1, 1, 2), torch.tensor([2.0, 0.0]).view(1, 1, 1, 2)),
+             (torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 1, 3), torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 1, 3))]
+    normal = [(as_map([unit(40, 10), unit(3)]), as_map([unit(0), [0.0, 0.0, 0.0]])),
+              (as_map([unit(0), unit(10, 90), unit(30, 200), unit(50, 45)]),
+               as_map([unit(0), unit(0), unit(10, 200), unit(0)]))]
+    seg = (torch.randn(1, 13, 1, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([[[0, 1, 1, -1]]]))
+    batches = [
+        ({"segmentation": seg[0], "depth": d[0], "normal": n[0]}, {"segmentation": seg[1], "depth": d[1], "normal": n[1]})
+        for d, n in zip(depth, normal)
+    ]
+
+    def run(average):
+        acc = problem.new_metrics({"metric_average": average})
+        for out, tgt in batches:
+            acc.update(out, tgt)
+        return acc.compute()
+
+    pooled, by_batch = run("pooled"), run("per_batch")
+    assert pooled["depth"] == {"abs_err": pytest.approx(1.0), "rel_err": pytest.approx(0.5)}
+    assert by_batch["depth"] == {"abs_err": pytest.approx(2.0), "rel_err": pytest.approx(1.0)}
+    assert pooled["normal"]["mean_angle"] == pytest.approx(24.0, abs=1e-4)
+    assert pooled["normal"]["median_angle"] == pytest.approx(20.0, abs=ANGLE_BIN)
+    assert [pooled["normal"][f"within_{t}"] for t in ("11.25", "22.5", "30")] == pytest.approx([0.4, 0.6, 0.6])
+    assert by_batch["normal"]["mean_angle"] == pytest.approx(30.0, abs=1e-4)
+    assert by_batch["normal"]["median_angle"] == pytest.approx(27.5, abs=1e-4)  # exact, not a histogram bin
+    assert [by_batch["normal"][f"within_{t}"] for t in ("11.25", "22.5", "30")] == pytest.approx([0.25, 0.375, 0.375])
+    assert by_batch["segmentation"] == pooled["segmentation"]
+    # the default is LibMTL's pooling
+    assert run(problem.defaults["metric_average"]) == pooled and problem.new_metrics().compute() is not None
+
+
+def test_batch_median_is_numpys_median():
+    g = torch.Generator().manual_seed(1)
+    for n in (7, 8):
+        gt, pred = torch.randn(1, 3, 1, n, generator=g), torch.randn(1, 3, 1, n, generator=g)
+        exact = float(np.median(normal_angles(pred, gt).numpy()))
+        assert batch_median_angle(pred, gt) == pytest.approx(exact, abs=1e-9)
+    assert batch_median_angle(as_map([unit(5)]), as_map([[0.0, 0.0, 0.0]])) is None
+
+
+def test_metric_average_of_the_presets_and_bad_values():
+    from spaces import get_space
+    from trainables.config import resolve
+
+    problem = build_problem("nyuv2")
+    for name, expected in (("nyuv2", "pooled"), ("nyuv2_r50", "pooled"), ("nyuv2_mtan", "per_batch")):
+        space = get_space(name)
+        config = resolve({**space.constants, "method": "ew"}, build_problem(space.problem, space.problem_options).defaults)
+        assert config["metric_average"] == expected, name
+    assert "metric_average" not in get_space("nyuv2_mtan").common  # a constant of the preset, never searched
+    with pytest.raises(ConfigError, match="^metric_average must be one of pooled, per_batch, got 'mean'$"):
+        problem.new_metrics({"metric_average": "mean"})
+    with pytest.raises(ConfigError, match="metric_average"):
+        problem.prepare(None, {"metric_average": "batch"})  # before looking for data
+
+
+def test_cli_bad_metric_average_is_one_line(tmp_path, capsys):
+    from searcher.cli import main
+
+    rc = main(["train", "--space", "nyuv2_mtan", "--method", "ew", "--data-dir", str(tmp_path), "--max-epochs", "1",
+               "--param", "metric_average=median", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "metric_average must be one of pooled, per_batch" in err
+
+
+def test_runs_of_the_two_averagings_are_never_seeds_of_one_configuration():
+    """metric_average is a logged param and a problem option: the report keeps runs of the two
+    averagings in different comparable groups and never averages them as seeds."""
+    from mlflow.entities import Param, Run, RunData, RunInfo
+
+    from analysis.report import experiment_problem
+    from searcher.run_record import SEED_PARAMS, from_run
+    from spaces import get_space
+    from trainables.config import run_params
+
+    space = get_space("nyuv2_mtan")
+    problem = build_problem(space.problem, space.problem_options)
+    info = experiment_problem(["nyuv2_mtan"])
+    assert "metric_average" in info.option_keys and "metric_average" not in SEED_PARAMS
+    records = []
+    for average in ("per_batch", "pooled"):
+        params = run_params({**space.constants, "method": "ew", "seed": 1, "metric_average": average}, problem.defaults)
+        run = Run(RunInfo(run_id=average, experiment_id="1", user_id="", status="FINISHED", start_time=0, end_time=0,
+                          lifecycle_stage="active", run_name=average),
+                  RunData(params=[Param(k, str(v)) for k, v in params.items()]))
+        records.append(from_run(run))
+    per_batch_run, pooled_run = records
+    assert per_batch_run.params["metric_average"] == "per_batch"
+    assert per_batch_run.configuration_key() != pooled_run.configuration_key()
+    key, other = info.key(per_batch_run), info.key(pooled_run)
+    assert key != other and "metric_average=per_batch" in key.describe()
+    assert key.differences(other) == ["metric_average=pooled (not per_batch)"]
+
+
+def test_trainer_evaluates_with_the_runs_metric_average(tiny):
+    """The trainer's accumulator follows the run's config: its test metrics are the per-batch
+    means of the same model's outputs (2 test images, batch 1)."""
+    from trainables.problems.nyuv2 import averaged_metrics
+    from trainables.trainer import Trainer
+
+    root, _ = tiny
+    problem = build_problem("nyuv2")
+    config = {"method": "ew", "height": 32, "width": 48, "num_workers": 0, "segnet_filters": "4,4,8,8,8",
+              "batch_size": 1, "metric_average": "per_batch", "augment": False}
+    trainer = Trainer(problem, config, problem.prepare(str(root), config))
+    got = trainer.evaluate("test")
+    accs = {a: MetricAccumulator(averaged_metrics(a)) for a in ("pooled", "per_batch")}
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in trainer.splits.test:
+            inputs, targets = trainer.to_device(batch)
+            outputs = trainer.forward(trainer.model, inputs)
+            for acc in accs.values():
+                acc.update(outputs, targets)
+    want, pooled = accs["per_batch"].compute(), accs["pooled"].compute()
+    assert got["normal"]["median_angle"] == pytest.approx(want["normal"]["median_angle"], abs=1e-9)
+    assert got["normal"]["median_angle"] != pooled["normal"]["median_angle"]  # exact per batch vs a bin centre
+    assert got["depth"] == pytest.approx(want["depth"]) and got["segmentation"] == pytest.approx(pooled["segmentation"])
 
 
 def test_angles_are_exact_at_0_and_180_and_odd_median():

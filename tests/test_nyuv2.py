@@ -289,7 +289,8 @@ def test_per_batch_averaging_of_depth_and_normals_by_hand():
                as_map([unit(0), unit(0), unit(10, 200), unit(0)]))]
     seg = (torch.randn(1, 13, 1, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([[[0, 1, 1, -1]]]))
     batches = [
-        ({"segmentation": seg[0], "depth": d[0], "normal": n[0]}, {"segmentation": seg[1], "depth": d[1], "normal": n[1]})
+        ({"segmentation": seg[0], "depth": d[0], "normal": n[0]},
+         {"segmentation": seg[1], "depth": d[1], "normal": n[1]})
         for d, n in zip(depth, normal)
     ]
 
@@ -329,7 +330,8 @@ def test_metric_average_of_the_presets_and_bad_values():
     problem = build_problem("nyuv2")
     for name, expected in (("nyuv2", "pooled"), ("nyuv2_r50", "pooled"), ("nyuv2_mtan", "per_batch")):
         space = get_space(name)
-        config = resolve({**space.constants, "method": "ew"}, build_problem(space.problem, space.problem_options).defaults)
+        defaults = build_problem(space.problem, space.problem_options).defaults
+        config = resolve({**space.constants, "method": "ew"}, defaults)
         assert config["metric_average"] == expected, name
     assert "metric_average" not in get_space("nyuv2_mtan").common  # a constant of the preset, never searched
     with pytest.raises(ConfigError, match="^metric_average must be one of pooled, per_batch, got 'mean'$"):

@@ -206,6 +206,7 @@ def attribute_head(dropout: float) -> nn.Module:
 class CelebA(Problem):
     name = "celeba"
     description = "CelebA: 40 binary face attributes (one task each), ResNet-18 + a linear head per attribute (`003`)"
+    pixel_stats = (IMAGENET_MEAN, IMAGENET_STD)  # loaded ImageNet-standardized (image_transform)
 
     def __init__(self) -> None:
         self.defaults = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from searcher import tracking

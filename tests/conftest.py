@@ -12,6 +12,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 
+def make_tasks(n: int) -> list:
+    """``n`` plain tasks t0, t1, ... without metrics: what a method needs to be built in a unit test.
+    Test files import it (``from conftest import make_tasks``)."""
+    from trainables.problems.base import TaskSpec
+
+    return [TaskSpec(f"t{i}", ()) for i in range(n)]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Start Ray once for the whole session (ray.init costs seconds)."""

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_tasks as _tasks
 from trainables.gradients import param_grads
 from trainables.gramian import StagedGramian, auto_stages, encoder_stages
 from trainables.methods import METHODS, build_method
-from trainables.problems.base import TaskSpec
 from trainables.problems.dense_models import ResNetEncoder
 from trainables.problems.multi_mnist import LeNetEncoder
 
@@ -194,10 +194,6 @@ def test_unused_stage_parameters_count_zero():
     encoder = nn.Sequential(Unused(), nn.Linear(4, 4))
     gram, ref, staged = _staged(encoder, torch.randn(5, 4), 2)
     assert staged.verified and _relative_error(gram, ref) < 1e-6
-
-
-def _tasks(n):
-    return [TaskSpec(f"t{i}", ()) for i in range(n)]
 
 
 GRAMIAN_ONLY = sorted(n for n in METHODS.names() if getattr(METHODS.get(n), "gramian_only", False))

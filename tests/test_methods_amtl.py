@@ -16,17 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods.amtl import AMTL, focal_softmax_weights, parse_potentials
 from trainables.methods.gls import GeometricLossStrategy
 from trainables.problems import build_problem
-from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer
-
-
-
-def _tasks(t: int) -> list[TaskSpec]:
-    return [TaskSpec(f"t{i}", ()) for i in range(t)]
 
 
 def _v(*values: float) -> torch.Tensor:

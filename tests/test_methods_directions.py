@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_tasks as tasks
 from trainables.errors import ConfigError
 from trainables.methods import build_method
 from trainables.methods.db_mtl import DBMTL, loss_scales
@@ -19,17 +20,12 @@ from trainables.methods.moco import project_simplex
 from trainables.methods.pcgrad import pcgrad_coefficients
 from trainables.methods.rgw import RandomGradientWeighting
 from trainables.problems import build_problem
-from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer
 
 
 REGISTERED = ["pcgrad", "graddrop", "gradvac", "moco", "rgw", "db_mtl", "gradnorm"]
 WEIGHTED = ["moco", "rgw", "db_mtl", "gradnorm"]
 D64 = torch.float64
-
-
-def tasks(n: int) -> list[TaskSpec]:
-    return [TaskSpec(f"t{i}", ()) for i in range(n)]
 
 
 def method(name: str, n: int = 2, **params):

@@ -15,21 +15,17 @@ import torch
 from scipy import stats
 from torch import nn
 
+from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods import build_method
 from trainables.methods.dtp import DynamicTaskPrioritization, dtp_kpi_weights, dtp_weights
 from trainables.methods.famo import FAMO, softmax_vjp
 from trainables.problems import build_problem
-from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer
 
 
 ALL = ["uw_o", "dwa", "rlw_normal", "rlw_dirichlet", "si", "gls", "dtp", "famo"]
 DETERMINISTIC = ["uw_o", "dwa", "si", "gls", "dtp", "famo"]
-
-
-def _tasks(t: int) -> list[TaskSpec]:
-    return [TaskSpec(f"t{i}", ()) for i in range(t)]
 
 
 def _losses(*values: float) -> torch.Tensor:

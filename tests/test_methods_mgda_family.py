@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, build_method
 from trainables.methods.aligned_mtl import AlignedMTL, AlignedMTLUB, aligned_matrix, aligned_mtl_weights
@@ -25,15 +26,10 @@ from trainables.methods.mgda import MGDA, MGDAUB, gradient_normalizers, mgda_wei
 from trainables.methods.min_norm import min_norm_weights, two_task_min_norm
 from trainables.methods.nash_mtl import clip_factor, nash_bargaining_weights
 from trainables.problems import build_problem
-from trainables.problems.base import TaskSpec
 from trainables.trainer import Trainer
 
 
 NAMES = ["mgda", "mgda_ub", "edm", "cdtt", "imtl_g", "imtl", "aligned_mtl", "aligned_mtl_ub", "nash_mtl"]
-
-
-def _tasks(t: int) -> list[TaskSpec]:
-    return [TaskSpec(f"t{i}", ()) for i in range(t)]
 
 
 def _method(name: str, t: int = 2, **params):

@@ -332,7 +332,7 @@ def registered():
 
     yield register
     for name in added:
-        del METHODS._entries[name]
+        del METHODS._entries[name]  # the Registry has no public removal: production code never needs one
 
 
 def test_a_registered_throwaway_method_is_checked(registered):

@@ -4,7 +4,7 @@ Each check is a plain function (``check_*``) that takes a method class or a prob
 method or problem is covered by registering it, nothing else (the tests parametrize over
 ``METHODS.names()`` and ``PROBLEMS.names()``), and ``test_a_registered_throwaway_method_is_checked``
 shows the checks running on a method registered inside the test. TorchJD's shared
-``tests/unit/aggregation/_asserts.py`` is the model: one set of asserts, every aggregator.
+``_asserts.py`` (its aggregator tests) is the model: one set of asserts, every aggregator.
 
 What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by declared flags:
 

@@ -384,6 +384,13 @@ def tiny_qm9(root: Path) -> tuple[dict, dict]:
     return {}, {"batch_size": 4}
 
 
+def tiny_celeba(root: Path) -> tuple[dict, dict]:
+    from test_celeba import write_celeba  # torchvision's CelebA layout, written by CelebA's own tests
+
+    write_celeba(root)
+    return {}, {"image_size": 32, "num_workers": 0, "batch_size": 4}
+
+
 #: Per problem: write tiny data under a folder in the real on-disk format, return (problem
 #: options, config). A problem without a recipe gets the data-free checks only.
 TINY_DATA: dict[str, Callable[[Path], tuple[dict, dict]]] = {
@@ -392,6 +399,7 @@ TINY_DATA: dict[str, Callable[[Path], tuple[dict, dict]]] = {
     "nyuv2": tiny_nyuv2,
     "cityscapes": tiny_cityscapes,
     "qm9": tiny_qm9,
+    "celeba": tiny_celeba,
 }
 
 

@@ -145,18 +145,23 @@ class PerArmScheduler(PickledState, FIFOScheduler):
     """A scheduler per arm: trials of one arm are ranked only against each other.
 
     Each arm gets its own ``ASHAScheduler(**asha)``, made on its first trial; arms in
-    ``unpruned`` (the single-task references, by default) run every trial to the end. Trials
+    ``unpruned`` (the single-task references, by default) run every trial to the end; arms in
+    ``given`` use the scheduler given for them (``--scheduler pbt``: PBT in the ``fixed`` arm
+    only, so exploitation happens only among ``fixed`` trials, ``searcher.pbt``). Trials
     are started first come, first served, as by Ray's own FIFO and ASHA schedulers. (Built
     from plain values, not callables, because Ray pickles the scheduler with the experiment.)
     """
 
     def __init__(self, asha: Mapping[str, Any], unpruned: Sequence[str] = (),
-                 metric: str | None = None, mode: str | None = None) -> None:
+                 metric: str | None = None, mode: str | None = None,
+                 given: Mapping[str, TrialScheduler] | None = None) -> None:
         super().__init__()
         self._asha = dict(asha)
         self._unpruned = frozenset(unpruned)
         self._metric, self._mode = metric, mode
-        self._schedulers: dict[str, TrialScheduler] = {}
+        self._schedulers: dict[str, TrialScheduler] = dict(given or {})
+        for scheduler in self._schedulers.values():
+            scheduler.set_search_properties(metric, mode)
         self._arm_of: dict[str, str] = {}
 
     @property

@@ -53,12 +53,18 @@ class SearchOptions:
     verbose: bool = False
     #: Keep a trial's worker (its Python, torch, data) for the next trial (Ray's ``reuse_actors``).
     reuse_actors: bool = True
+    #: ``--scheduler pbt``: epochs between perturbations (default ``searcher.pbt.default_interval``).
+    pbt_interval: int | None = None
+    #: ``--scheduler pbt``: mutate lr too (Ray's factors 0.8 / 1.2), not only the task weights.
+    pbt_lr: bool = False
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 2:
             raise ConfigError(f"--reduction-factor must be at least 2, got {self.reduction_factor}")
         if self.grace_period is not None and self.grace_period < 1:
             raise ConfigError(f"--grace-period must be at least 1, got {self.grace_period}")
+        if self.scheduler != "pbt" and (self.pbt_interval is not None or self.pbt_lr):
+            raise ConfigError("--pbt-interval and --pbt-lr go with --scheduler pbt")
 
 
 @dataclass
@@ -83,6 +89,8 @@ class Launch:
     run_tags: Mapping[str, str] = field(default_factory=dict)
     #: JSON artifacts of every trial's run (file name -> JSON-able value).
     run_artifacts: Mapping[str, Any] = field(default_factory=dict)
+    #: Checkpoints kept per trial (PBT needs its parents' recent ones).
+    checkpoints_to_keep: int = 1
 
 
 @dataclass
@@ -271,7 +279,7 @@ def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri:
                     name=plan.name,
                     storage_path=storage_path(options, tracking_uri),
                     callbacks=[logger, ProgressLine(plan.budgets, max_epochs)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
                     failure_config=tune.FailureConfig(max_failures=1),
                     verbose=1 if options.verbose else 0,
                 ),

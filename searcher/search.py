@@ -7,6 +7,7 @@ The sampler is TPE (default), random, grid (every point once) or NSGA-II (multi-
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -15,6 +16,7 @@ import pandas as pd
 
 from searcher.arms import TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table
+from searcher.pbt import PBT_METHOD, check_pbt, default_interval, make_pbt
 from searcher.run_record import STL
 from searcher.samplers import CommonRandomSampler, PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session
@@ -23,13 +25,15 @@ from trainables.errors import ConfigError
 from trainables.trial import DIVERGED_SCORE, SEARCH_METRIC
 
 SEARCHES = ("tpe", "random", "grid", "nsga2")
+SCHEDULERS = ("asha", "fifo", "pbt")
 
 
 def make_scheduler(
     kind: str, max_epochs: int, grace_period: int | None, metric: str | None = None, reduction_factor: int = 3,
-    unpruned: Sequence[str] = (),
+    unpruned: Sequence[str] = (), pbt: Any = None,
 ) -> Any:
-    """ASHA per arm (or FIFO) over epochs. ``metric`` is given only when the search has several
+    """ASHA per arm (or FIFO) over epochs; ``pbt`` (``--scheduler pbt``): the ``fixed`` arm's
+    own PBT scheduler (``searcher.pbt.make_pbt``), the other arms keep their ASHA. ``metric`` is given only when the search has several
     objectives: then ASHA ranks trials by the scalar score and the searcher gets the rest.
     ASHA (Li et al. 2020) keeps the top 1/``reduction_factor`` of each rung; rungs sit at
     ``grace_period * reduction_factor**k`` epochs. Each arm (method, or single-task task) has
@@ -42,7 +46,8 @@ def make_scheduler(
     grace = grace_period or max(1, max_epochs // 5)
     asha = {"time_attr": "training_iteration", "max_t": max_epochs, "grace_period": min(grace, max_epochs),
             "reduction_factor": reduction_factor}
-    return PerArmScheduler(asha, unpruned, metric=metric, mode="max" if metric else None)
+    given = {PBT_METHOD: pbt} if kind == "pbt" else None
+    return PerArmScheduler(asha, unpruned, metric=metric, mode="max" if metric else None, given=given)
 
 
 #: Trials per arm when ``--num-samples`` is not given (tpe, random, nsga2).
@@ -112,6 +117,11 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
         raise ConfigError(f"unknown search {kind!r} (known: {', '.join(SEARCHES)})")
     if num_samples is not None and num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
+    if options.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {options.scheduler!r} (known: {', '.join(SCHEDULERS)})")
+    if options.scheduler == "pbt":
+        check_pbt(session.methods, kind, pbt_interval(options, session.settings.max_epochs),
+                  session.settings.max_epochs, num_samples)
     tasks = session.problem.task_names
     metric: str | list[str] = SEARCH_METRIC
     mode: str | list[str] = "max"
@@ -141,6 +151,11 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
     return SearchPlan(search_alg, metric, mode, sum(budgets.values()), budgets, grid_sizes or None)
 
 
+def pbt_interval(options: SearchOptions, max_epochs: int) -> int:
+    """Epochs between PBT perturbations: ``--pbt-interval``, else ``default_interval``."""
+    return options.pbt_interval if options.pbt_interval is not None else default_interval(max_epochs)
+
+
 def run_search(
     session: Session, options: SearchOptions, tracking_uri: str, experiment: str, plan: SearchPlan | None = None
 ) -> pd.DataFrame:
@@ -162,16 +177,27 @@ def run_search(
         "seed": options.seed,
         **({"grid_size": plan.grid_size} if plan.grid_size else {}),
         **({"objectives": ",".join(plan.metric)} if multi else {}),
+        **({"pbt_interval": pbt_interval(options, max_epochs), "pbt_lr": options.pbt_lr}
+           if options.scheduler == "pbt" else {}),
         **{f"fixed.{k}": v for k, v in session.fixed.items()},
     }
     scheduler = make_scheduler(
         options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None, options.reduction_factor,
         unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
+        pbt=make_pbt(session.problem.task_names, pbt_interval(options, max_epochs), options.seed, options.pbt_lr)
+        if options.scheduler == "pbt" else None,
     )
+    if options.scheduler == "pbt" and not options.verbose:
+        # Ray logs every exploit in a dozen lines (and "No hyperparameters mutated": ours are
+        # mutated by the custom explore function); each trial's pbt_lineage.json records them
+        logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
+    # PBT restores a parent's checkpoint from its last perturbation, up to an interval old:
+    # keep that many (and a spare), or the parent's next epoch could delete it first
+    keep = pbt_interval(options, max_epochs) + 2 if options.scheduler == "pbt" else 1
     launched = launch(
         session,
         Launch("tune", options.name or default_name(session.space.name), plan.search_alg, plan.num_samples,
-               plan.budgets, plan.metric, plan.mode, scheduler, params),
+               plan.budgets, plan.metric, plan.mode, scheduler, params, checkpoints_to_keep=keep),
         options, tracking_uri, experiment,
     )
     table = best_per_method(trial_frame(launched.results), list(plan.budgets))

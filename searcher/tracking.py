@@ -23,6 +23,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from searcher.run_record import Status, Tag
 from trainables.config import run_params
+from trainables.tune_trainable import LINEAGE_KEY
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: Where a run keeps the model of its best validation epoch (``keep_model``): ``torch.save`` of
@@ -222,6 +223,25 @@ class TrialLogger(MLflowLoggerCallback):
         MlflowClient(self.tracking_uri).log_batch(run_id, metrics=metrics)
         if result.get("diverged_reason"):
             MlflowClient(self.tracking_uri).set_tag(run_id, Tag.DIVERGED_REASON, result["diverged_reason"])
+        if result.get(LINEAGE_KEY):
+            self._log_lineage(trial, run_id, result[LINEAGE_KEY])
+
+    def _log_lineage(self, trial: Any, run_id: str, lineage: str) -> None:
+        """A trial restored from another's checkpoint (PBT's exploit): its events, each parent
+        named by its MLflow run too, as the run's ``pbt_lineage.json`` (rewritten at each exploit)."""
+        import json
+
+        from searcher.pbt import LINEAGE_ARTIFACT, lineage_record
+
+        events = json.loads(lineage)
+        run_ids = {t.trial_id: r for t, r in self._trial_runs.items()}
+        for event in events:
+            parent = str(event.get("parent_trial_id"))
+            if parent not in run_ids:
+                found = self._existing_run(parent)  # a parent from before a --resume
+                if found:
+                    run_ids[parent] = found
+        MlflowClient(self.tracking_uri).log_dict(run_id, lineage_record(trial.trial_id, events, run_ids), LINEAGE_ARTIFACT)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]

@@ -48,6 +48,13 @@ class FixedWeights(LossWeighting):
         values = parse_weights(self.params["weights"], self.task_names)
         self.register_buffer("weights", torch.tensor(values))
 
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        """The configured weights win over a checkpoint's: a restored state (a resumed trial, or a
+        PBT trial taking its parent's checkpoint with new weights, ``searcher.pbt``) keeps the
+        weights of this run's config. The buffer stays in ``state_dict`` (it records the weights)."""
+        state_dict[prefix + "weights"] = self.weights.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def combine(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.weights.to(losses)
         return (w * losses).sum(), w

@@ -1,0 +1,160 @@
+"""Population-based fixed weights: ``searcher tune --methods fixed --scheduler pbt`` (issue 16).
+
+`002` §3.5 names population-based training (Royer et al.) as the efficient alternative to a
+grid over the weight simplex. This is Ray Tune's own ``PopulationBasedTraining`` (Jaderberg et
+al. 2017, asynchronous), acting in the ``fixed`` arm only: every ``interval`` epochs a trial in
+the bottom quantile of the ``fixed`` population (by its current validation score) takes the
+checkpoint of one in the top quantile (exploit) and a perturbed copy of its weights (explore).
+The other arms of the same search keep their ASHA (or FIFO) and are never compared with the
+``fixed`` trials (the fairness rule of ``searcher.arms``).
+
+The weights stay in the one weights schema, the trial's ``fixed.weights`` string (read with
+``parse_weights``, written with ``spaces.simplex.format_weights``); ``explore`` perturbs them in
+log space and puts them back on the simplex of the parent's total (sum 1 for a searched
+simplex point). The search's Optuna sampler (tpe or random) draws only the initial population.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ray.tune.schedulers import PopulationBasedTraining
+
+from spaces.simplex import format_weights
+from trainables.errors import ConfigError
+from trainables.methods.fixed import parse_weights
+
+WEIGHTS_KEY = "fixed.weights"
+#: The only arm PBT acts in: the method whose hyperparameters (its weights) PBT can mutate.
+PBT_METHOD = "fixed"
+#: What PBT ranks trials by: the current epoch's validation score. Not the search metric
+#: (``best/val_score``, the running best): a trial whose weights got worse must rank low now.
+PBT_METRIC = "val/score"
+#: Log-normal step of each weight: w_t * exp(N(0, SIGMA)); 0.2 is about Ray's default 0.8/1.2 factors.
+SIGMA = 0.2
+#: Ray's default perturbation factors, for lr (``--pbt-lr``).
+LR_FACTORS = (0.8, 1.2)
+#: A weight never falls below this share of the total (so that a log-space step can move it again).
+FLOOR = 1e-6
+#: Searches PBT accepts: they only draw the initial population (a grid or NSGA-II would plan
+#: points PBT then moves away from).
+PBT_SEARCHES = ("tpe", "random")
+#: The MLflow artifact of a trial's exploits (``searcher.tracking.TrialLogger``).
+LINEAGE_ARTIFACT = "pbt_lineage.json"
+
+
+def default_interval(max_epochs: int) -> int:
+    """Epochs between perturbations when ``--pbt-interval`` is not given: five per run."""
+    return max(1, max_epochs // 5)
+
+
+def perturb_weights(weights: Sequence[float], rng: random.Random, sigma: float = SIGMA) -> list[float]:
+    """``w_t * exp(N(0, sigma))`` for each task, back on the simplex of the same total.
+
+    The log-space step is PBT's multiplicative perturbation (Jaderberg et al. 2017, §3.2 "explore":
+    perturb by a random factor) with a continuous factor: with Ray's 0.8/1.2 for every task, two
+    tasks drawing the same factor would not move after renormalization. Each weight is first
+    floored at ``FLOOR`` of the total, so every weight stays positive and can move.
+    """
+    total = float(sum(weights))
+    if not math.isfinite(total) or total <= 0:
+        raise ConfigError(f"cannot perturb weights {list(weights)}: they must be finite and not all zero")
+    floored = [max(float(w), FLOOR * total) for w in weights]
+    moved = [w * math.exp(rng.gauss(0.0, sigma)) for w in floored]
+    scale = total / sum(moved)
+    return [w * scale for w in moved]
+
+
+@dataclass
+class WeightExplorer:
+    """Ray's ``custom_explore_fn``: the parent's config with perturbed ``fixed.weights`` (and lr).
+
+    Plain values only (Ray pickles the scheduler with the experiment); ``rng`` is seeded from
+    the search's ``--seed``, so a search's perturbations repeat.
+    """
+
+    tasks: tuple[str, ...]
+    seed: int = 0
+    sigma: float = SIGMA
+    mutate_lr: bool = False
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        new = dict(config)
+        if WEIGHTS_KEY in new:
+            weights = parse_weights(new[WEIGHTS_KEY], self.tasks)
+            new[WEIGHTS_KEY] = format_weights(perturb_weights(weights, self.rng, self.sigma))
+        if self.mutate_lr and "lr" in new:
+            new["lr"] = float(new["lr"]) * self.rng.choice(LR_FACTORS)
+        return new
+
+
+class _WithoutSearchAlg:
+    """A view of Ray's tune controller that shows no search algorithm (see ``PopulationBasedWeights``)."""
+
+    search_alg = None
+
+    def __init__(self, controller: Any) -> None:
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
+
+
+class PopulationBasedWeights(PopulationBasedTraining):
+    """Ray's ``PopulationBasedTraining`` for one arm of a search, behind ``PerArmScheduler``.
+
+    Two differences, both about living inside a search: Ray refuses PBT beside a search
+    algorithm (the searcher would be told results of configs PBT changed); here the arm's
+    Optuna sampler only draws the initial population, so ``on_trial_add`` hides the search
+    algorithm from that check. And it ranks by its own metric (``PBT_METRIC``), whatever the
+    search optimizes, so ``set_search_properties`` keeps it.
+    """
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+
+def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = False) -> PopulationBasedWeights:
+    """The ``fixed`` arm's scheduler: asynchronous PBT every ``interval`` epochs (``training_iteration``,
+    one per epoch), Ray's default quantile (the bottom 25% exploit the top 25%)."""
+    return PopulationBasedWeights(
+        time_attr="training_iteration", metric=PBT_METRIC, mode="max", perturbation_interval=interval,
+        custom_explore_fn=WeightExplorer(tuple(tasks), seed, mutate_lr=mutate_lr),
+        # a diverged trial's last record has no val/score: skip it rather than fail the search
+        require_attrs=False, log_config=False,
+    )
+
+
+def check_pbt(methods: Sequence[str], search: str, interval: int, max_epochs: int, budget: int | None) -> None:
+    """Refuse, on the driver, a search PBT cannot run (one line each)."""
+    if PBT_METHOD not in methods:
+        raise ConfigError(f"--scheduler pbt mutates the task weights of method {PBT_METHOD}: add it to --methods "
+                          f"(got {', '.join(methods)})")
+    if search not in PBT_SEARCHES:
+        raise ConfigError(f"--scheduler pbt draws its initial population with --search tpe or random, not {search}")
+    if interval < 1:
+        raise ConfigError(f"--pbt-interval must be at least 1 epoch, got {interval}")
+    if interval >= max_epochs:
+        raise ConfigError(f"--pbt-interval {interval} leaves no perturbation in {max_epochs} epochs: "
+                          "give a smaller interval or more --max-epochs")
+    if budget is not None and budget < 2:
+        raise ConfigError(f"--scheduler pbt needs a population of at least 2 {PBT_METHOD} trials, got --num-samples {budget}")
+
+
+def lineage_record(trial_id: str, events: Sequence[Mapping[str, Any]], run_ids: Mapping[str, str]) -> dict[str, Any]:
+    """The ``pbt_lineage.json`` of a trial: each exploit (epoch of the restored checkpoint,
+    parent trial and its MLflow run, the new weights and lr), oldest first. Events the trial
+    inherited with its parent's checkpoint come first: the list is the model's whole history."""
+    return {
+        "trial_id": trial_id,
+        "events": [{**dict(e), "parent_run_id": run_ids.get(str(e.get("parent_trial_id")))} for e in events],
+    }

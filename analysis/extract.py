@@ -31,7 +31,7 @@ from analysis.weights import (
     first_epoch_share,
     mean_median_gaps,
 )
-from searcher.run_record import from_run
+from searcher.run_record import Tag, from_run
 from trainables.errors import ConfigError
 
 WEIGHT_PREFIX = "weight/"
@@ -47,6 +47,8 @@ FIRST_EPOCH_SHARE_WARN = 0.5
 #: weight). Steps that agree give gaps of 1e-4 to 1e-2 on the toy; one CAGrad step of weight
 #: 402 among 100 of about 1.5 (a task with a near-zero gradient) gives 0.14.
 MEAN_MEDIAN_GAP_WARN = 0.1
+#: The method whose runs give their last applied weights, not an EMA (PBT moves them; else constant).
+FIXED = "fixed"
 #: Where the JSON and the plot go among the source run's artifacts.
 ARTIFACT_DIR = "fixed_weights"
 
@@ -162,7 +164,14 @@ def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BE
     method = run_method(run)
     used = x.epochs.index(x.epoch) + 1  # the epochs the EMA at x.epoch has seen
     warnings = []
-    if x.first_epoch_share > FIRST_EPOCH_SHARE_WARN:
+    final = [float(w) for w in x.weights]
+    rule = "ema"
+    if method == FIXED:
+        # a fixed run's weights are its config's, or, under --scheduler pbt, what PBT last gave it:
+        # the weights applied in the epoch taken (not an EMA over the weights it was moved away from)
+        final = [float(w) for w in x.normalized[used - 1]]
+        rule = "last"
+    elif x.first_epoch_share > FIRST_EPOCH_SHARE_WARN:
         warnings.append(_first_epoch_warning(x.first_epoch_share, used, x.epochs[0], beta, ema))
     if per_epoch == "mean" and any(key.startswith(MEDIAN_PREFIX) for key in run.data.metrics):
         spikes = _spike_warning(client, run, tasks, x.epochs[:used], rows[:used], beta, ema, x.weights)
@@ -191,8 +200,30 @@ def extract_from_run(client: MlflowClient, run_id: str, beta: float = DEFAULT_BE
         "per_epoch_raw": by_task(x.raw),
         "per_epoch": by_task(x.normalized),
         "ema": by_task(x.ema),
-        "weights": {t: float(w) for t, w in zip(tasks, x.weights)},
+        #: ``ema`` (`002` §3.5, an SMTO's weights) or ``last`` (a fixed run: the weights applied at ``epoch``)
+        "weights_rule": rule,
+        "weights": {t: w for t, w in zip(tasks, final)},
     }
+
+
+def population_best(client: MlflowClient, run_id: str) -> str:
+    """The best trial of the ``fixed`` population ``run_id`` belongs to (``--population-best``): of
+    the search's ``fixed`` runs (tag ``searcher.search``), the one whose last validation score
+    (``val/score``, what PBT ranks by, ``searcher.pbt``) is highest."""
+    run = get_run(client, run_id)
+    record = from_run(run)
+    if record.method != FIXED or not record.search:
+        raise ConfigError(f"run {run_id} is not a trial of a search of method {FIXED} (--population-best picks among "
+                          "the fixed trials of its search)")
+    runs = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.`{Tag.SEARCH}` = '{record.search}' and tags.`{Tag.METHOD}` = '{FIXED}'",
+        max_results=50_000,
+    )
+    scored = [(r.data.metrics["val/score"], r.info.run_id) for r in runs if "val/score" in r.data.metrics]
+    if not scored:
+        raise ConfigError(f"no {FIXED} trial of search {record.search!r} logged a validation score")
+    return max(scored)[1]
 
 
 def extraction_options(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -280,9 +311,12 @@ def log_to_source(client: MlflowClient, record: Mapping[str, Any]) -> list[str]:
 
 def extract_weights(uri: str, run_id: str, beta: float = DEFAULT_BETA, epoch: int | None = None,
                     out: str | Path | None = None, per_epoch: str = "mean",
-                    ema: str = "paper") -> tuple[dict[str, Any], Path, list[str]]:
-    """``searcher extract-weights``: (record, JSON file written, artifacts logged to the source run)."""
+                    ema: str = "paper", best_of_population: bool = False) -> tuple[dict[str, Any], Path, list[str]]:
+    """``searcher extract-weights``: (record, JSON file written, artifacts logged to the source run).
+    ``best_of_population``: from the best ``fixed`` trial of ``run_id``'s search (``population_best``)."""
     client = open_client(uri)
+    if best_of_population:
+        run_id = population_best(client, run_id)
     record = extract_from_run(client, run_id, beta, epoch, per_epoch, ema)
     path = write_record(record, out or default_out(run_id, per_epoch, ema))
     return record, path, log_to_source(client, record)

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="JSON file to write (default: weights-<run id[:8]>.json here, -median/-debiased added "
                         "for those options)")
+    p.add_argument("--population-best", action="store_true",
+                   help="RUN_ID is a fixed trial of a search (e.g. --scheduler pbt): take the weights of the search's "
+                        "fixed trial with the best last validation score instead")
     p.add_argument("--tracking-uri", default=None, help=DEFAULT_STORE_HELP)
 
     p = sub.add_parser("rerun", help="retrain a run's configuration with fixed weights, one MLflow run per repeat")
@@ -335,18 +338,24 @@ def cmd_extract_weights(args: argparse.Namespace) -> int:
     from searcher import tracking
 
     uri = tracking.tracking_uri(args.tracking_uri)
-    record, path, artifacts = extract_weights(uri, args.run_id, args.beta, args.epoch, args.out, args.per_epoch, args.ema)
+    record, path, artifacts = extract_weights(uri, args.run_id, args.beta, args.epoch, args.out, args.per_epoch, args.ema,
+                                              args.population_best)
     last = record["epochs"][-1]
+    run_id = record["source_run_id"]
+    if args.population_best:
+        print(f"the best fixed trial of run {args.run_id}'s search (by its last validation score): run {run_id}")
     options = "" if (args.per_epoch, args.ema) == ("mean", "paper") else f", per-epoch {args.per_epoch}, {args.ema} EMA"
-    print(f"run {args.run_id} ({record['method']} on {record['space']}): fixed weights = EMA (beta {args.beta:g}{options}) "
+    rule = ("the weights applied" if record.get("weights_rule") == "last"
+            else f"EMA (beta {args.beta:g}{options})")
+    print(f"run {run_id} ({record['method']} on {record['space']}): fixed weights = {rule} "
           f"at epoch {record['epoch']}" + (f" of {last}" if record["epoch"] != last else " (the last logged)") + ", sum 1")
     for task, weight in record["weights"].items():
         print(f"  {task}={weight:.6g}")
     if any(w < 0 for w in record["weights"].values()):
         print("searcher: note: some weights are negative; the fixed method accepts non-negative weights only",
               file=sys.stderr)
-    print(f"wrote {path}; logged {', '.join(artifacts)} to run {args.run_id}")
-    print(f"Retrain with them: searcher rerun {args.run_id} --weights {path}")
+    print(f"wrote {path}; logged {', '.join(artifacts)} to run {run_id}")
+    print(f"Retrain with them: searcher rerun {run_id} --weights {path}")
     for warning in record["warnings"]:  # advice, on stderr as the note above: stdout stays the result
         print(f"warning: {warning}", file=sys.stderr)
     return 0

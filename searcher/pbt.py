@@ -150,11 +150,22 @@ def check_pbt(methods: Sequence[str], search: str, interval: int, max_epochs: in
         raise ConfigError(f"--scheduler pbt needs a population of at least 2 {PBT_METHOD} trials, got --num-samples {budget}")
 
 
-def lineage_record(trial_id: str, events: Sequence[Mapping[str, Any]], run_ids: Mapping[str, str]) -> dict[str, Any]:
-    """The ``pbt_lineage.json`` of a trial: each exploit (epoch of the restored checkpoint,
-    parent trial and its MLflow run, the new weights and lr), oldest first. Events the trial
-    inherited with its parent's checkpoint come first: the list is the model's whole history."""
-    return {
-        "trial_id": trial_id,
-        "events": [{**dict(e), "parent_run_id": run_ids.get(str(e.get("parent_trial_id")))} for e in events],
-    }
+def lineage_record(trial_id: str, events: Sequence[Mapping[str, Any]], run_ids: Mapping[str, str],
+                   previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``pbt_lineage.json`` of a trial after an exploit.
+
+    ``exploits``: this trial's own exploits, oldest first (``previous``'s and the newest, the
+    last of ``events``), each with the epoch of the restored checkpoint, the parent trial and
+    its MLflow run, and the weights and lr trained from there on. ``lineage``: the history of the
+    model it now trains (``events``: the exploits its parent's checkpoint had been through, then
+    this one), which is the weight schedule to replay.
+    """
+    def named(event: Mapping[str, Any]) -> dict[str, Any]:
+        parent = str(event.get("parent_trial_id"))
+        return {**dict(event), "parent_run_id": run_ids.get(parent, event.get("parent_run_id"))}
+
+    lineage = [named(e) for e in events]
+    exploits = list((previous or {}).get("exploits", []))
+    if lineage:
+        exploits.append(lineage[-1])
+    return {"trial_id": trial_id, "exploits": exploits, "lineage": lineage}

@@ -170,6 +170,8 @@ class TrialLogger(MLflowLoggerCallback):
         self.artifacts = dict(artifacts or {})
         self.max_epochs = max_epochs
         self._last: dict[Any, dict[str, Any]] = {}
+        #: Each trial's pbt_lineage.json as last logged (``_log_lineage``).
+        self._lineage: dict[str, dict[str, Any]] = {}
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         super().setup(*args, **kwargs)
@@ -228,7 +230,8 @@ class TrialLogger(MLflowLoggerCallback):
 
     def _log_lineage(self, trial: Any, run_id: str, lineage: str) -> None:
         """A trial restored from another's checkpoint (PBT's exploit): its events, each parent
-        named by its MLflow run too, as the run's ``pbt_lineage.json`` (rewritten at each exploit)."""
+        named by its MLflow run too, as the run's ``pbt_lineage.json`` (rewritten at each exploit,
+        ``searcher.pbt.lineage_record``)."""
         import json
 
         from searcher.pbt import LINEAGE_ARTIFACT, lineage_record
@@ -241,7 +244,14 @@ class TrialLogger(MLflowLoggerCallback):
                 found = self._existing_run(parent)  # a parent from before a --resume
                 if found:
                     run_ids[parent] = found
-        MlflowClient(self.tracking_uri).log_dict(run_id, lineage_record(trial.trial_id, events, run_ids), LINEAGE_ARTIFACT)
+        client = MlflowClient(self.tracking_uri)
+        previous = self._lineage.get(trial.trial_id)
+        if previous is None and any(a.path == LINEAGE_ARTIFACT for a in client.list_artifacts(run_id)):
+            # a resumed search: the exploits logged before it stopped
+            previous = mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/{LINEAGE_ARTIFACT}")
+        record = lineage_record(trial.trial_id, events, run_ids, previous)
+        self._lineage[trial.trial_id] = record
+        client.log_dict(run_id, record, LINEAGE_ARTIFACT)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]

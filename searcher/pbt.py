@@ -17,10 +17,13 @@ simplex point). The search's Optuna sampler (tpe or random) draws only the initi
 from __future__ import annotations
 
 import math
+import posixpath
 import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ray.train._internal.session import _TrainingResult
+from ray.tune import Checkpoint
 from ray.tune.schedulers import PopulationBasedTraining
 
 from spaces.simplex import format_weights
@@ -94,6 +97,21 @@ class WeightExplorer:
         return new
 
 
+def _own_copy(checkpoint: Checkpoint, trial_id: str) -> Checkpoint:
+    """A copy of ``checkpoint`` (``<experiment>/<trial dir>/checkpoint_k``) at
+    ``<experiment>/pbt_exploits/<trial_id>``, on the same filesystem (local or a cluster's storage)."""
+    import pyarrow.fs
+
+    fs = checkpoint.filesystem
+    experiment = posixpath.dirname(posixpath.dirname(checkpoint.path.rstrip("/")))
+    target = posixpath.join(experiment, "pbt_exploits", trial_id)
+    if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(target)
+    fs.create_dir(target)
+    pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=fs, destination_filesystem=fs)
+    return Checkpoint(path=target, filesystem=fs)
+
+
 class _WithoutSearchAlg:
     """A view of Ray's tune controller that shows no search algorithm (see ``PopulationBasedWeights``)."""
 
@@ -121,6 +139,22 @@ class PopulationBasedWeights(PopulationBasedTraining):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        """Ray's exploit, then the parent's checkpoint copied for the exploiting trial to restore.
+
+        Ray points the trial at the parent's checkpoint itself; a trial paused to share the
+        CPUs (a population larger than the cluster) may start long after the parent, still
+        training, has rotated that checkpoint away (``CheckpointConfig.num_to_keep``), and the
+        restore then fails. The copy, ``<experiment>/pbt_exploits/<trial>``, belongs to the
+        trial (its next exploit replaces it: by then it has restored from it)."""
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        manager = trial.run_metadata.checkpoint_manager
+        result = manager._latest_checkpoint_result
+        if result is None or result.checkpoint is None:
+            return
+        manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=_own_copy(result.checkpoint, trial.trial_id), metrics=result.metrics)
 
 
 def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = False) -> PopulationBasedWeights:

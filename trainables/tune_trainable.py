@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,7 +61,9 @@ def restored_event(saved: Mapping[str, Any], trial_id: str | None, trainer: Trai
 
 def train_trial(config: dict[str, Any], settings: RunSettings) -> None:
     """Train one trial's configuration, reporting to Ray Tune every epoch."""
-    trial_id = tune.get_context().get_trial_id()
+    with warnings.catch_warnings():  # called outside a Tuner (tests), Ray warns and gives None
+        warnings.simplefilter("ignore", UserWarning)
+        trial_id = tune.get_context().get_trial_id()
     state, saved, trainer = None, {}, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -1,0 +1,221 @@
+"""Population-based fixed weights (``--scheduler pbt``, issue 16): the explore step, the restore of
+a parent's state under new weights and lr, the per-arm scheduler, the CLI's refusals, and a real
+PBT search on the toy logged to MLflow."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import ASHAScheduler
+
+from searcher.arms import PerArmScheduler
+from searcher.cli import main
+from searcher.pbt import (
+    LINEAGE_ARTIFACT,
+    PopulationBasedWeights,
+    WeightExplorer,
+    lineage_record,
+    make_pbt,
+    perturb_weights,
+)
+from searcher.search import SearchOptions, make_scheduler, run_search
+from searcher.session import open_session
+from trainables.methods.fixed import parse_weights
+from trainables.problems import build_problem
+from trainables.trainer import Trainer
+from trainables.tune_trainable import rescale_lr, restored_event
+
+
+class Draws:
+    """A stand-in for ``random.Random`` that returns given normal draws."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def gauss(self, mu: float, sigma: float) -> float:
+        return self.values.pop(0)
+
+
+def test_a_log_space_step_worked_by_hand():
+    # [0.25, 0.75] times [e^{ln 3}, e^0] = [0.75, 0.75]; back to the total 1: [0.5, 0.5]
+    assert perturb_weights([0.25, 0.75], Draws(math.log(3), 0.0)) == pytest.approx([0.5, 0.5])
+    # the parent's total is kept (weights given as 1,1 stay on the simplex of sum 2)
+    assert perturb_weights([1.0, 1.0], Draws(math.log(4), 0.0)) == pytest.approx([1.6, 0.4])
+    # a zero weight is floored (1e-6 of the total) so that it stays positive and can move
+    moved = perturb_weights([0.0, 1.0], Draws(0.0, 0.0))
+    assert moved[0] > 0 and sum(moved) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tasks", [("f1", "f2"), ("a", "b", "c"), ("a", "b", "c", "d", "e")])
+def test_explore_keeps_weights_positive_on_the_simplex_and_moves_them(tasks):
+    """Over many seeds and starting points: parseable, positive, same total, and changed."""
+    for seed in range(200):
+        start = random.Random(1000 + seed).choices([0.0, 0.01, 0.3, 1.0, 5.0], k=len(tasks))
+        if sum(start) == 0:
+            continue
+        raw = ",".join(f"{w:g}" for w in start)
+        explorer = WeightExplorer(tasks, seed=seed)
+        config = {"method": "fixed", "fixed.weights": raw, "lr": 0.01, "seed": 3}
+        new = explorer(config)
+        weights = parse_weights(new["fixed.weights"], tasks)  # the one weights schema, read back
+        assert all(w > 0 for w in weights)
+        assert sum(weights) == pytest.approx(sum(start), rel=1e-5)
+        assert weights != pytest.approx([max(w, 1e-6 * sum(start)) for w in start], rel=1e-9)
+        assert {k: v for k, v in new.items() if k != "fixed.weights"} == {k: v for k, v in config.items() if k != "fixed.weights"}
+        assert config["fixed.weights"] == raw  # the parent's config is not touched
+
+
+def test_lr_is_mutated_only_with_pbt_lr_and_by_rays_factors():
+    config = {"fixed.weights": "0.5,0.5", "lr": 0.01}
+    assert WeightExplorer(("f1", "f2"), seed=0)(config)["lr"] == 0.01
+    lrs = {WeightExplorer(("f1", "f2"), seed=s, mutate_lr=True)(config)["lr"] for s in range(20)}
+    assert sorted(lrs) == pytest.approx([0.008, 0.012])
+
+
+def test_explore_is_repeatable_from_the_seed():
+    config = {"fixed.weights": "0.3,0.7"}
+    assert WeightExplorer(("f1", "f2"), seed=5)(config) == WeightExplorer(("f1", "f2"), seed=5)(config)
+    assert WeightExplorer(("f1", "f2"), seed=5)(config) != WeightExplorer(("f1", "f2"), seed=6)(config)
+
+
+def toy_trainer(weights: str, **config) -> Trainer:
+    return Trainer(build_problem("toy", {}), {"method": "fixed", "fixed.weights": weights, "lr": 0.05,
+                                              "steps_per_epoch": 5, **config})
+
+
+def test_a_restored_parent_state_trains_with_the_new_weights():
+    """PBT's exploit: the parent's model, optimizer and epoch, the child's (mutated) weights."""
+    parent = toy_trainer("0.2,0.8")
+    list(parent.fit(2))
+    child = toy_trainer("0.6,0.4")
+    child.load_state_dict(parent.state_dict())
+    assert child.epoch == 2
+    for name, value in parent.model.state_dict().items():
+        assert torch.equal(child.model.state_dict()[name], value)
+    assert child.method.weights.tolist() == pytest.approx([0.6, 0.4])  # not the parent's 0.2, 0.8
+    metrics = child.run_epoch()
+    assert (metrics["weight/f1"], metrics["weight/f2"]) == pytest.approx((0.6, 0.4))
+    assert metrics["epoch"] == 3
+
+
+def test_a_new_lr_rescales_the_restored_schedule():
+    """lr 0.1 halved each epoch: after 2 epochs 0.025. A child with lr 0.2 takes that state:
+    rescaled by 0.2 / 0.1 its lr is 0.05 (= 0.2 * 0.5^2) and its schedule's base 0.2."""
+    parent = toy_trainer("0.5,0.5", lr=0.1, lr_decay=0.5)
+    list(parent.fit(2))
+    assert parent.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    child = toy_trainer("0.5,0.5", lr=0.2, lr_decay=0.5)
+    child.load_state_dict(parent.state_dict())
+    assert child.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)  # the parent's, until rescaled
+    rescale_lr(child, 0.2 / 0.1)
+    assert child.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert child.scheduler.base_lrs == pytest.approx([0.2])
+    assert child.run_epoch()["train/lr"] == pytest.approx(0.05)
+    assert child.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_a_restore_names_its_parent_only_when_the_checkpoint_is_another_trials():
+    trainer = toy_trainer("0.3,0.7")
+    assert restored_event({"trial_id": "a", "lr": 0.05}, "a", trainer) is None  # its own checkpoint (a resume)
+    assert restored_event({}, "a", trainer) is None  # a checkpoint from before lineage was written
+    event = restored_event({"trial_id": "b", "lr": 0.04}, "a", trainer)
+    assert event == {"epoch": 0, "parent_trial_id": "b", "weights": "0.3,0.7", "lr": 0.05, "parent_lr": 0.04}
+
+
+def test_lineage_record_keeps_the_trials_own_exploits_and_the_models_history():
+    first = [{"epoch": 1, "parent_trial_id": "b", "weights": "0.4,0.6"}]
+    record = lineage_record("a", first, {"b": "run-b"})
+    assert record["exploits"] == record["lineage"] == [{**first[0], "parent_run_id": "run-b"}]
+    # a second exploit, of c, whose model had itself exploited d at epoch 1
+    second = [{"epoch": 1, "parent_trial_id": "d", "weights": "0.1,0.9"},
+              {"epoch": 3, "parent_trial_id": "c", "weights": "0.2,0.8"}]
+    record = lineage_record("a", second, {"b": "run-b", "c": "run-c"}, previous=record)
+    assert [e["parent_trial_id"] for e in record["exploits"]] == ["b", "c"]
+    assert [e["parent_trial_id"] for e in record["lineage"]] == ["d", "c"]
+    assert record["lineage"][0]["parent_run_id"] is None and record["exploits"][1]["parent_run_id"] == "run-c"
+
+
+def test_pbt_acts_in_the_fixed_arm_only():
+    scheduler = make_scheduler("pbt", 6, None, pbt=make_pbt(["f1", "f2"], 2, seed=0))
+    assert isinstance(scheduler, PerArmScheduler)
+    fixed = scheduler.scheduler_for("fixed")
+    assert isinstance(fixed, PopulationBasedWeights) and fixed._perturbation_interval == 2
+    assert fixed._metric == "val/score" and fixed._mode == "max"
+    assert isinstance(scheduler.scheduler_for("ew"), ASHAScheduler)
+    assert scheduler.set_search_properties("best/val_score", "max")  # Tune's own call: the PBT keeps its metric
+    assert fixed._metric == "val/score"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "ew"], "add it to --methods"),
+    (["--methods", "fixed", "--search", "grid"], "--search tpe or random"),
+    (["--methods", "fixed", "--search", "nsga2"], "--search tpe or random"),
+    (["--methods", "fixed", "--pbt-interval", "4"], "leaves no perturbation in 4 epochs"),
+    (["--methods", "fixed", "--pbt-interval", "0"], "at least 1"),
+    (["--methods", "fixed", "--num-samples", "1"], "population of at least 2"),
+])
+def test_bad_pbt_searches_are_one_line_errors_before_ray_starts(argv, message, capsys, tmp_path):
+    code = main(["tune", "--space", "toy", "--max-epochs", "4", "--scheduler", "pbt", *argv,
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_pbt_flags_without_pbt_are_refused(capsys):
+    assert main(["tune", "--space", "toy", "--methods", "fixed", "--pbt-lr"]) == 2
+    assert "go with --scheduler pbt" in capsys.readouterr().err
+
+
+def test_a_pbt_search_exploits_and_logs_one_run_per_trial_with_the_applied_weights(ray_session, tracking_uri, tmp_path):
+    from analysis.extract import extract_from_run, population_best
+
+    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
+    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pbt", scheduler="pbt",
+                            pbt_interval=1, search="random")
+    run_search(session, options, tracking_uri, "pbt")
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["pbt"])
+    parent = runs[runs["tags.searcher.role"] == "search"]
+    trials = runs[runs["tags.searcher.role"] != "search"]
+    # one MLflow run per trial across every pause, exploit and restore
+    assert len(parent) == 1 and len(trials) == 4 and trials["tags.searcher.trial_id"].nunique() == 4
+    assert parent["params.scheduler"].iloc[0] == "pbt" and parent["params.pbt_interval"].iloc[0] == "1"
+    assert set(trials["tags.searcher.status"]) == {"completed"}
+
+    client = MlflowClient(tracking_uri)
+    run_ids = set(trials.run_id)
+    exploited = 0
+    for _, run in trials.iterrows():
+        if LINEAGE_ARTIFACT not in {a.path for a in client.list_artifacts(run.run_id)}:
+            # never exploited: it trained its initial weights every epoch
+            initial = parse_weights(run["params.fixed.weights"], ["f1", "f2"])
+            for task, w in zip(("f1", "f2"), initial):
+                values = [m.value for m in client.get_metric_history(run.run_id, f"weight/{task}")]
+                assert len(values) == 4 and values == pytest.approx([w] * 4, rel=1e-6)
+            continue
+        exploited += 1
+        record = mlflow.artifacts.load_dict(f"runs:/{run.run_id}/{LINEAGE_ARTIFACT}")
+        last = record["exploits"][-1]
+        assert last["parent_run_id"] in run_ids - {run.run_id}
+        assert record["lineage"][-1] == last
+        # the weights the trainer applied after its last exploit are the mutated config's
+        applied = parse_weights(last["weights"], ["f1", "f2"])
+        for task, w in zip(("f1", "f2"), applied):
+            history = client.get_metric_history(run.run_id, f"weight/{task}")
+            after = [m for m in history if m.step > last["epoch"]]
+            latest = {m.step: m for m in sorted(after, key=lambda m: m.timestamp)}  # a rewound step: the later value
+            assert latest and all(m.value == pytest.approx(w, rel=1e-6) for m in latest.values())
+        # extract-weights on a PBT trial: its last applied weights, not an EMA over its schedule
+        extracted = extract_from_run(client, run.run_id)
+        assert extracted["weights_rule"] == "last"
+        assert [extracted["weights"][t] for t in ("f1", "f2")] == pytest.approx(applied, rel=1e-5)
+    assert exploited >= 1
+    best = population_best(client, trials.run_id.iloc[0])
+    assert trials.set_index("run_id").loc[best, "metrics.val/score"] == trials["metrics.val/score"].max()

@@ -134,8 +134,16 @@ class PopulationBasedWeights(PopulationBasedTraining):
     search optimizes, so ``set_search_properties`` keeps it.
     """
 
+    #: The run's last epoch: no exploit there (the trial would restart with nothing left to train).
+    max_epochs: int | None = None
+
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if self.max_epochs is not None and int(result.get("epoch", 0)) >= self.max_epochs:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
@@ -157,15 +165,18 @@ class PopulationBasedWeights(PopulationBasedTraining):
             checkpoint=_own_copy(result.checkpoint, trial.trial_id), metrics=result.metrics)
 
 
-def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = False) -> PopulationBasedWeights:
+def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = False,
+             max_epochs: int | None = None) -> PopulationBasedWeights:
     """The ``fixed`` arm's scheduler: asynchronous PBT every ``interval`` epochs (``training_iteration``,
     one per epoch), Ray's default quantile (the bottom 25% exploit the top 25%)."""
-    return PopulationBasedWeights(
+    scheduler = PopulationBasedWeights(
         time_attr="training_iteration", metric=PBT_METRIC, mode="max", perturbation_interval=interval,
         custom_explore_fn=WeightExplorer(tuple(tasks), seed, mutate_lr=mutate_lr),
         # a diverged trial's last record has no val/score: skip it rather than fail the search
         require_attrs=False, log_config=False,
     )
+    scheduler.max_epochs = max_epochs
+    return scheduler
 
 
 def check_pbt(methods: Sequence[str], search: str, interval: int, max_epochs: int, budget: int | None) -> None:

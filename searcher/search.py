@@ -184,7 +184,8 @@ def run_search(
     scheduler = make_scheduler(
         options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None, options.reduction_factor,
         unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
-        pbt=make_pbt(session.problem.task_names, pbt_interval(options, max_epochs), options.seed, options.pbt_lr)
+        pbt=make_pbt(session.problem.task_names, pbt_interval(options, max_epochs), options.seed, options.pbt_lr,
+                     max_epochs)
         if options.scheduler == "pbt" else None,
     )
     if options.scheduler == "pbt" and not options.verbose:

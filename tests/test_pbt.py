@@ -149,6 +149,9 @@ def test_pbt_acts_in_the_fixed_arm_only():
     assert isinstance(scheduler.scheduler_for("ew"), ASHAScheduler)
     assert scheduler.set_search_properties("best/val_score", "max")  # Tune's own call: the PBT keeps its metric
     assert fixed._metric == "val/score"
+    # no exploit at the last epoch: the trial would restart with nothing left to train
+    last = make_pbt(["f1", "f2"], 1, seed=0, max_epochs=4)
+    assert last.on_trial_result(None, None, {"epoch": 4, "training_iteration": 4, "val/score": 1.0}) == "CONTINUE"
 
 
 @pytest.mark.parametrize("argv, message", [

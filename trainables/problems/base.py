@@ -163,3 +163,31 @@ def tensor_batches(
         return items[0], dict(zip(names, items[1:]))
 
     return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=collate)
+
+
+def split_loaders(
+    datasets: Mapping[str, Any],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    generator: torch.Generator,
+    eval_seed: int = 0,
+) -> dict[str, DataLoader]:
+    """DataLoaders of on-disk image splits: the ``train`` split shuffled by the run's
+    ``generator``, the others in order (workers seeded from a fixed generator, ``eval_seed``);
+    memory pinned on CUDA. A lone last training sample is dropped: batch norm cannot take a
+    batch of one on the small pooled maps these models have."""
+    loaders = {}
+    for split, dataset in datasets.items():
+        train = split == "train"
+        loaders[split] = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) % batch_size == 1 and len(dataset) > 1,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=generator if train else torch.Generator().manual_seed(eval_seed),
+        )
+    return loaders

@@ -40,14 +40,13 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.datasets import CelebA as TorchvisionCelebA
 from torchvision.models import resnet18
 from torchvision.transforms import v2
 
 from trainables.errors import ConfigError, DataError
 from trainables.metrics import MetricSpec
-from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
+from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec, split_loaders
 from trainables.problems.dense_models import IMAGENET_MEAN, IMAGENET_STD
 from trainables.problems.nyuv2 import parse_float, parse_int
 
@@ -256,23 +255,7 @@ class CelebA(Problem):
         o = self._options(config)
         root = data["root"]
         datasets = {split: celeba_split(root, split, o["size"]) for split in SPLITS}
-        pin = device.type == "cuda"
-        workers, bs = o["num_workers"], o["batch_size"]
-        loaders = {}
-        for split, dataset in datasets.items():
-            train = split == "train"
-            loaders[split] = DataLoader(
-                dataset,
-                batch_size=bs,
-                shuffle=train,
-                # A lone last training sample would break batch norm on the 1x1 maps of small images.
-                drop_last=train and len(dataset) % bs == 1 and len(dataset) > 1,
-                num_workers=workers,
-                pin_memory=pin,
-                persistent_workers=workers > 0,
-                # shuffling and worker seeds from the run's generator (train) or a fixed one
-                generator=generator if train else torch.Generator().manual_seed(0),
-            )
+        loaders = split_loaders(datasets, o["batch_size"], o["num_workers"], device, generator, 0)
         sizes = {split: len(d) for split, d in datasets.items()}
         if 0 in sizes.values():
             empty = [s for s, n in sizes.items() if n == 0]

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from trainables.dense_metrics import (
     IGNORE_INDEX,
@@ -73,7 +73,7 @@ from trainables.dense_metrics import (
 )
 from trainables.errors import ConfigError, DataError
 from trainables.metrics import MetricAccumulator, MetricSpec, Stat, per_batch
-from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec
+from trainables.problems.base import MTLModel, Problem, Splits, TaskSpec, split_loaders
 from trainables.problems.dense_models import ResNetEncoder, deeplab_head, normalize_image
 
 NUM_CLASSES = 13
@@ -626,23 +626,7 @@ class NYUv2(Problem):
                 "test": NYUv2Npy(root / "val", None, o["size"]),
             }
             where = f"validation = {len(val_idx)} held-out train images (seed {o['split_seed']}), test = MTAN's val/"
-        pin = device.type == "cuda"
-        workers, bs = o["num_workers"], o["batch_size"]
-        loaders = {}
-        for split, dataset in datasets.items():
-            train = split == "train"
-            loaders[split] = DataLoader(
-                dataset,
-                batch_size=bs,
-                shuffle=train,
-                # A lone last sample would break batch norm in the ASPP's pooled branch.
-                drop_last=train and len(dataset) % bs == 1 and len(dataset) > 1,
-                num_workers=workers,
-                pin_memory=pin,
-                persistent_workers=workers > 0,
-                # Shuffling and worker seeds from the run's generator (train) or a fixed one.
-                generator=generator if train else torch.Generator().manual_seed(o["split_seed"]),
-            )
+        loaders = split_loaders(datasets, o["batch_size"], o["num_workers"], device, generator, o["split_seed"])
         sizes = {split: len(d) for split, d in datasets.items()}
         return Splits(loaders["train"], loaders["val"], loaders["test"], f"MTAN npy ({root}): {where}", sizes)
 

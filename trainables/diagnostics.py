@@ -15,6 +15,11 @@ cheap surrogate of `004`, on the shared representation z):
 - the same means between samples of one task (`003` §4.2's single-task setting, ``sample_measures``);
 - feature disentanglement FD, `004` eqs. 7-8 (``feature_disentanglement``).
 
+Between tasks, the gradients are those of each task's batch loss, `004`'s definition (and what a
+gradient method aggregates); `003` §4.2 compares the task gradients of a single sample
+instead. Between samples, each row is one sample's loss gradient within the batch (batch norm
+couples it to the batch, as in training).
+
 ``EpochDiagnostics`` averages the measures of the sampled steps of an epoch; the trainer logs
 them as ``diag/<level>/<measure>`` (``diag/param/gds``, ``diag/feature/cos/CL-RR``, ``diag/param/fd``,
 ``diag/param/sample/CL/gms``, ``diag/param/sample/gms``, ...).

@@ -32,6 +32,7 @@ from analysis.extract import get_run, open_client
 from analysis.report import best_configurations, experiment_problem, group_configurations
 from searcher.confirm import source_config
 from searcher.run_record import RunRecord, STL, arm_key, from_run, load_records, trainings
+from searcher.session import resolved_source
 from searcher.tracking import BEST_MODEL_ARTIFACT
 from trainables.corruptions import CORRUPTIONS, SEVERITIES, check_names, corrupt
 from trainables.errors import ConfigError
@@ -145,7 +146,7 @@ def load_trainer(client: MlflowClient, record: RunRecord, data_dir: str | None, 
     if record.data_source:
         options.update(problem.source_option(record.data_source))
     data = problem.prepare(data_dir, options)
-    used = str(data.get("digit_source") or data.get("source") or problem.name)
+    used = resolved_source(problem, data)
     if record.data_source and used != record.data_source:
         raise ConfigError(f"run {record.run_id} trained on {record.data_source} data, here {used} would be used "
                           "(pass --data-dir)")

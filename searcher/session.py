@@ -78,10 +78,14 @@ def run_config(session: Session, method: str, seed: int) -> dict[str, Any]:
     return {**session.space.constants, **session.fixed, "method": method, "seed": seed}
 
 
+def resolved_source(problem: Any, data: Mapping[str, Any]) -> str:
+    """Which data ``problem.prepare`` resolved (its returned ``data``): the one reading of it."""
+    return str(data.get("digit_source") or data.get("source") or problem.name)
+
+
 def data_source(session: Session) -> str:
     """Which data the runs train on (logged with every run): what ``prepare`` resolved."""
-    data = session.settings.data
-    return str(data.get("digit_source") or data.get("source") or session.problem.name)
+    return resolved_source(session.problem, session.settings.data)
 
 
 def session_tags(session: Session, mode: str) -> dict[str, str]:

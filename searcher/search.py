@@ -192,6 +192,9 @@ def run_search(
         # Ray logs every exploit in a dozen lines (and "No hyperparameters mutated": ours are
         # mutated by the custom explore function); each trial's pbt_lineage.json records them
         logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
+        # an exploited trial reports its parent's epochs again; the arm's Optuna study (which only
+        # drew the starting population) then warns once per repeated step: nothing to act on
+        warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
     # PBT restores a parent's checkpoint from its last perturbation, up to an interval old:
     # keep that many (and a spare), or the parent's next epoch could delete it first
     keep = pbt_interval(options, max_epochs) + 2 if options.scheduler == "pbt" else 1

@@ -4,8 +4,11 @@ PBT search on the toy logged to MLflow."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import random
+import signal
 
 import mlflow
 import pytest
@@ -15,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from searcher.arms import PerArmScheduler
 from searcher.cli import main
+from searcher.progress import ProgressLine
 from searcher.pbt import (
     LINEAGE_ARTIFACT,
     PopulationBasedWeights,
@@ -222,3 +226,70 @@ def test_a_pbt_search_exploits_and_logs_one_run_per_trial_with_the_applied_weigh
     assert exploited >= 1
     best = population_best(client, trials.run_id.iloc[0])
     assert trials.set_index("run_id").loc[best, "metrics.val/score"] == trials["metrics.val/score"].max()
+
+
+class Interrupting(ProgressLine):
+    """The search's progress line, which interrupts the run (SIGUSR1: Ray Tune's own graceful
+    stop, as Ctrl+C) at its ``after``-th epoch result, once per test (``fired`` is a class
+    attribute: Ray pickles the callback with the run config and restores it on ``--resume``)."""
+
+    after = 6
+    fired = False
+    seen = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        type(self).seen += 1
+        if not type(self).fired and type(self).seen >= self.after:
+            type(self).fired = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_resumed_pbt_search_loses_and_duplicates_nothing(ray_session, tracking_uri, tmp_path, monkeypatch):
+    """Interrupt a PBT search part-way (trials done, running and not yet started), resume it:
+    every trial has one MLflow run, completed, with each of its epochs logged, and the
+    population keeps its size (no trial added or lost by the restore)."""
+    import searcher.launch
+
+    monkeypatch.setattr(searcher.launch, "ProgressLine", Interrupting)
+    monkeypatch.setattr(Interrupting, "fired", False)
+    monkeypatch.setattr(Interrupting, "seen", 0)
+    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
+    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pbt", scheduler="pbt",
+                            pbt_interval=1, search="random")
+    run_search(session, options, tracking_uri, "pbt")
+    assert Interrupting.fired
+    mlflow.set_tracking_uri(tracking_uri)
+    before = mlflow.search_runs(experiment_names=["pbt"])
+    done = (before["tags.searcher.role"] != "search") & (before["tags.searcher.status"] == "completed")
+    assert done.sum() < 4, "the interrupt came too late: nothing left to resume"
+
+    run_search(session, dataclasses.replace(options, resume=True), tracking_uri, "pbt")
+
+    runs = mlflow.search_runs(experiment_names=["pbt"])
+    parent = runs[runs["tags.searcher.role"] == "search"]
+    trials = runs[runs["tags.searcher.role"] != "search"]
+    assert len(parent) == 1  # the resumed search wrote to its first parent run
+    assert len(trials) == 4 and trials["tags.searcher.trial_id"].nunique() == 4
+    assert set(trials["tags.searcher.status"]) == {"completed"} and set(trials["status"]) == {"FINISHED"}
+    client = MlflowClient(tracking_uri)
+    exploited = 0
+    for run_id in trials.run_id:
+        # The epochs as logged, in order: runs of consecutive epochs. A new run starts only
+        # where the trial took another's checkpoint (an exploit: at its restored epoch + 1), or
+        # once, at the resume, one epoch back (the interrupt came between an epoch's result and
+        # Ray's save of its checkpoint: that epoch is trained again, its later value is the
+        # run's). A resume that lost epochs would leave a gap no exploit explains; one that
+        # retrained the trial from its start, more than one epoch back.
+        history = sorted(client.get_metric_history(run_id, "epoch"), key=lambda m: m.timestamp)
+        steps = [m.step for m in history]
+        exploits = []
+        if LINEAGE_ARTIFACT in {a.path for a in client.list_artifacts(run_id)}:
+            exploits = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")["exploits"]
+        exploited += bool(exploits)
+        restored = {e["epoch"] + 1 for e in exploits}
+        unexplained = [(prev, s) for prev, s in zip(steps, steps[1:]) if s != prev + 1 and s not in restored]
+        assert steps[0] == 1 and steps[-1] == 4, steps
+        assert unexplained in ([], [(s, s) for s, _ in unexplained[:1]]), (steps, exploits)
+        if not exploits:
+            assert sorted(set(steps)) == [1, 2, 3, 4]
+    assert exploited >= 1

@@ -70,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("tpe", "random", "grid", "nsga2"), default="tpe",
                    help="Optuna sampler: tpe (default), random, grid (the paper's grid, every point once) "
                         "or nsga2 (multi-objective over the per-task validation metrics)")
-    p.add_argument("--scheduler", choices=("asha", "fifo", "pbt"), default="asha",
+    p.add_argument("--scheduler", choices=("asha", "fifo", "pbt", "pb2"), default="asha",
                    help="asha (per method, default), fifo, or pbt: population-based training of method fixed's "
-                        "task weights (Ray's PopulationBasedTraining in the fixed arm only; other methods keep ASHA)")
+                        "task weights (Ray's PopulationBasedTraining in the fixed arm only; other methods keep ASHA); "
+                        "pb2: the same with Ray's PB2 (a GP bandit picks the new weights)")
     p.add_argument("--pbt-interval", type=int, default=None, metavar="EPOCHS",
-                   help="pbt: epochs between exploit/explore steps (default max(1, max_epochs // 5))")
+                   help="pbt, pb2: epochs between exploit/explore steps (default max(1, max_epochs // 5))")
     p.add_argument("--pbt-lr", action="store_true", help="pbt: mutate lr too (x0.8 or x1.2), not only the weights")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--verbose", action="store_true", help="Ray's per-trial output (default: one progress line per trial)")
@@ -283,7 +284,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"searcher: {'resuming ' + args.name + ': ' if args.resume else ''}{per_arm} ({args.search}) for each of "
           f"{', '.join(plan.budgets)} on {session.space.name} (data: {data_source(session)}), {plan.num_samples} in all; "
           f"{args.scheduler}{' per method' if args.scheduler == 'asha' else ''}"
-          f"{' in the fixed arm (every ' + str(pbt_interval(options, session.settings.max_epochs)) + ' epochs)' if args.scheduler == 'pbt' else ''}"
+          f"{' in the fixed arm (every ' + str(pbt_interval(options, session.settings.max_epochs)) + ' epochs)' if args.scheduler in ('pbt', 'pb2') else ''}"
           f"{', references unpruned' if args.scheduler == 'asha' and not args.prune_references else ''}, "
           f"up to {session.settings.max_epochs} epochs; MLflow: {uri}, experiment {experiment}; "
           f"Ray's state: {storage_path(options, uri)}")

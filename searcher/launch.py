@@ -63,8 +63,8 @@ class SearchOptions:
             raise ConfigError(f"--reduction-factor must be at least 2, got {self.reduction_factor}")
         if self.grace_period is not None and self.grace_period < 1:
             raise ConfigError(f"--grace-period must be at least 1, got {self.grace_period}")
-        if self.scheduler != "pbt" and (self.pbt_interval is not None or self.pbt_lr):
-            raise ConfigError("--pbt-interval and --pbt-lr go with --scheduler pbt")
+        if self.scheduler not in ("pbt", "pb2") and (self.pbt_interval is not None or self.pbt_lr):
+            raise ConfigError("--pbt-interval and --pbt-lr go with --scheduler pbt (or pb2: --pbt-interval)")
 
 
 @dataclass

@@ -12,6 +12,11 @@ The weights stay in the one weights schema, the trial's ``fixed.weights`` string
 ``parse_weights``, written with ``spaces.simplex.format_weights``); ``explore`` perturbs them in
 log space and puts them back on the simplex of the parent's total (sum 1 for a searched
 simplex point). The search's Optuna sampler (tpe or random) draws only the initial population.
+
+``--scheduler pb2`` is Ray's ``PB2`` (Parker-Holder et al. 2020, "Provably Efficient Online
+Hyperparameter Optimization with Population-Based Bandits") in the same place: the same exploit,
+but the explore step picks the new point with a GP bandit over numeric keys, so it moves the
+simplex coordinates ``simplex.<task>`` the search drew and the weights are rebuilt from them.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from typing import Any, Mapping, Sequence
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
 
-from spaces.simplex import format_weights
+from spaces.simplex import PREFIX as SIMPLEX_PREFIX
+from spaces.simplex import U_MIN, format_weights, weights_from_u
 from trainables.errors import ConfigError
 from trainables.methods.fixed import parse_weights
 
@@ -42,6 +49,8 @@ SIGMA = 0.2
 LR_FACTORS = (0.8, 1.2)
 #: A weight never falls below this share of the total (so that a log-space step can move it again).
 FLOOR = 1e-6
+#: The population-based schedulers (``--scheduler``): Ray's PBT and PB2.
+POPULATION_SCHEDULERS = ("pbt", "pb2")
 #: Searches PBT accepts: they only draw the initial population (a grid or NSGA-II would plan
 #: points PBT then moves away from).
 PBT_SEARCHES = ("tpe", "random")
@@ -124,14 +133,16 @@ class _WithoutSearchAlg:
         return getattr(self._controller, name)
 
 
-class PopulationBasedWeights(PopulationBasedTraining):
-    """Ray's ``PopulationBasedTraining`` for one arm of a search, behind ``PerArmScheduler``.
+class InASearch:
+    """What Ray's ``PopulationBasedTraining`` (and ``PB2``) need to live in one arm of a search,
+    behind ``PerArmScheduler`` (a mixin, first in the bases).
 
-    Two differences, both about living inside a search: Ray refuses PBT beside a search
-    algorithm (the searcher would be told results of configs PBT changed); here the arm's
-    Optuna sampler only draws the initial population, so ``on_trial_add`` hides the search
-    algorithm from that check. And it ranks by its own metric (``PBT_METRIC``), whatever the
-    search optimizes, so ``set_search_properties`` keeps it.
+    Ray refuses PBT beside a search algorithm (the searcher would be told results of configs
+    PBT changed); here the arm's Optuna sampler only draws the initial population, so
+    ``on_trial_add`` hides the search algorithm from that check. It ranks by its own metric
+    (``PBT_METRIC``), whatever the search optimizes, so ``set_search_properties`` keeps it. No
+    exploit at the last epoch. And an exploiting trial restores its own copy of the parent's
+    checkpoint (``_exploit``).
     """
 
     #: The run's last epoch: no exploit there (the trial would restart with nothing left to train).
@@ -165,6 +176,32 @@ class PopulationBasedWeights(PopulationBasedTraining):
             checkpoint=_own_copy(result.checkpoint, trial.trial_id), metrics=result.metrics)
 
 
+class PopulationBasedWeights(InASearch, PopulationBasedTraining):
+    """Ray's ``PopulationBasedTraining`` in the ``fixed`` arm of a search (``--scheduler pbt``)."""
+
+
+class BanditWeights(InASearch, PB2):
+    """Ray's ``PB2`` (Parker-Holder et al. 2020) in the ``fixed`` arm of a search (``--scheduler pb2``)."""
+
+
+@dataclass
+class SimplexToWeights:
+    """PB2's ``custom_explore_fn``: ``fixed.weights`` rebuilt from the ``simplex.<task>`` values PB2 chose.
+
+    PB2 moves numeric config keys within bounds (a GP bandit over them, Parker-Holder et al. 2020
+    §3); the weights string is not one, so PB2 moves the simplex coordinates the search drew
+    (``spaces.simplex``: ``u_t`` in [U_MIN, 1], ``w_t = -log u_t / sum_s -log u_s``) and this
+    rebuilds the weights the trainer reads from them (the one weights schema, ``format_weights``).
+    """
+
+    tasks: tuple[str, ...]
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        new = dict(config)
+        new[WEIGHTS_KEY] = format_weights(weights_from_u([float(new[SIMPLEX_PREFIX + t]) for t in self.tasks]))
+        return new
+
+
 def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = False,
              max_epochs: int | None = None) -> PopulationBasedWeights:
     """The ``fixed`` arm's scheduler: asynchronous PBT every ``interval`` epochs (``training_iteration``,
@@ -179,20 +216,43 @@ def make_pbt(tasks: Sequence[str], interval: int, seed: int, mutate_lr: bool = F
     return scheduler
 
 
-def check_pbt(methods: Sequence[str], search: str, interval: int, max_epochs: int, budget: int | None) -> None:
-    """Refuse, on the driver, a search PBT cannot run (one line each)."""
+def make_pb2(tasks: Sequence[str], interval: int, max_epochs: int | None = None) -> BanditWeights:
+    """The ``fixed`` arm's scheduler for ``--scheduler pb2``: Ray's PB2 every ``interval`` epochs over
+    the simplex coordinates ``simplex.<task>`` in [U_MIN, 1] (their searched range), the weights
+    rebuilt from them (``SimplexToWeights``)."""
+    import logging
+
+    # PB2 imports sklearn's GP lazily and warns on every fit that its kernel bounds are reached
+    logging.getLogger("sklearn").setLevel(logging.ERROR)
+    scheduler = BanditWeights(
+        time_attr="training_iteration", metric=PBT_METRIC, mode="max", perturbation_interval=interval,
+        hyperparam_bounds={SIMPLEX_PREFIX + t: [U_MIN, 1.0] for t in tasks},
+        custom_explore_fn=SimplexToWeights(tuple(tasks)), require_attrs=False, log_config=False,
+    )
+    scheduler.max_epochs = max_epochs
+    return scheduler
+
+
+def check_pbt(methods: Sequence[str], search: str, interval: int, max_epochs: int, budget: int | None,
+              scheduler: str = "pbt", fixed: Mapping[str, Any] | None = None, mutate_lr: bool = False) -> None:
+    """Refuse, on the driver, a search PBT (or PB2) cannot run (one line each)."""
+    flag = f"--scheduler {scheduler}"
     if PBT_METHOD not in methods:
-        raise ConfigError(f"--scheduler pbt mutates the task weights of method {PBT_METHOD}: add it to --methods "
+        raise ConfigError(f"{flag} mutates the task weights of method {PBT_METHOD}: add it to --methods "
                           f"(got {', '.join(methods)})")
     if search not in PBT_SEARCHES:
-        raise ConfigError(f"--scheduler pbt draws its initial population with --search tpe or random, not {search}")
+        raise ConfigError(f"{flag} draws its initial population with --search tpe or random, not {search}")
     if interval < 1:
         raise ConfigError(f"--pbt-interval must be at least 1 epoch, got {interval}")
     if interval >= max_epochs:
         raise ConfigError(f"--pbt-interval {interval} leaves no perturbation in {max_epochs} epochs: "
                           "give a smaller interval or more --max-epochs")
     if budget is not None and budget < 2:
-        raise ConfigError(f"--scheduler pbt needs a population of at least 2 {PBT_METHOD} trials, got --num-samples {budget}")
+        raise ConfigError(f"{flag} needs a population of at least 2 {PBT_METHOD} trials, got --num-samples {budget}")
+    if scheduler == "pb2" and WEIGHTS_KEY in (fixed or {}):
+        raise ConfigError(f"{flag} moves the searched simplex point: leave the weights unset (not --param weights=...)")
+    if scheduler == "pb2" and mutate_lr:
+        raise ConfigError(f"--pbt-lr goes with --scheduler pbt ({flag} moves only the task weights)")
 
 
 def lineage_record(trial_id: str, events: Sequence[Mapping[str, Any]], run_ids: Mapping[str, str],

@@ -16,7 +16,7 @@ import pandas as pd
 
 from searcher.arms import TASK_KEY, PerArmScheduler, PerArmSearch, arm_of_config, arms_of, is_reference
 from searcher.launch import Launch, SearchOptions, default_name, launch, log_table
-from searcher.pbt import PBT_METHOD, check_pbt, default_interval, make_pbt
+from searcher.pbt import PBT_METHOD, POPULATION_SCHEDULERS, check_pbt, default_interval, make_pb2, make_pbt
 from searcher.run_record import STL
 from searcher.samplers import CommonRandomSampler, PicklableNSGAIISampler, grid_sampler
 from searcher.session import Session
@@ -25,7 +25,7 @@ from trainables.errors import ConfigError
 from trainables.trial import DIVERGED_SCORE, SEARCH_METRIC
 
 SEARCHES = ("tpe", "random", "grid", "nsga2")
-SCHEDULERS = ("asha", "fifo", "pbt")
+SCHEDULERS = ("asha", "fifo", *POPULATION_SCHEDULERS)
 
 
 def make_scheduler(
@@ -46,7 +46,7 @@ def make_scheduler(
     grace = grace_period or max(1, max_epochs // 5)
     asha = {"time_attr": "training_iteration", "max_t": max_epochs, "grace_period": min(grace, max_epochs),
             "reduction_factor": reduction_factor}
-    given = {PBT_METHOD: pbt} if kind == "pbt" else None
+    given = {PBT_METHOD: pbt} if kind in POPULATION_SCHEDULERS else None
     return PerArmScheduler(asha, unpruned, metric=metric, mode="max" if metric else None, given=given)
 
 
@@ -119,9 +119,9 @@ def plan_search(session: Session, options: SearchOptions, num_samples: int | Non
         raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
     if options.scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {options.scheduler!r} (known: {', '.join(SCHEDULERS)})")
-    if options.scheduler == "pbt":
+    if options.scheduler in POPULATION_SCHEDULERS:
         check_pbt(session.methods, kind, pbt_interval(options, session.settings.max_epochs),
-                  session.settings.max_epochs, num_samples)
+                  session.settings.max_epochs, num_samples, options.scheduler, session.fixed, options.pbt_lr)
     tasks = session.problem.task_names
     metric: str | list[str] = SEARCH_METRIC
     mode: str | list[str] = "max"
@@ -178,26 +178,28 @@ def run_search(
         **({"grid_size": plan.grid_size} if plan.grid_size else {}),
         **({"objectives": ",".join(plan.metric)} if multi else {}),
         **({"pbt_interval": pbt_interval(options, max_epochs), "pbt_lr": options.pbt_lr}
-           if options.scheduler == "pbt" else {}),
+           if options.scheduler in POPULATION_SCHEDULERS else {}),
         **{f"fixed.{k}": v for k, v in session.fixed.items()},
     }
     scheduler = make_scheduler(
         options.scheduler, max_epochs, options.grace_period, SEARCH_METRIC if multi else None, options.reduction_factor,
         unpruned=() if options.prune_references else [a for a in plan.budgets if is_reference(a)],
         pbt=make_pbt(session.problem.task_names, pbt_interval(options, max_epochs), options.seed, options.pbt_lr,
-                     max_epochs)
-        if options.scheduler == "pbt" else None,
+                     max_epochs) if options.scheduler == "pbt"
+        else make_pb2(session.problem.task_names, pbt_interval(options, max_epochs), max_epochs)
+        if options.scheduler == "pb2" else None,
     )
-    if options.scheduler == "pbt" and not options.verbose:
+    if options.scheduler in POPULATION_SCHEDULERS and not options.verbose:
         # Ray logs every exploit in a dozen lines (and "No hyperparameters mutated": ours are
         # mutated by the custom explore function); each trial's pbt_lineage.json records them
-        logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
+        for name in ("ray.tune.schedulers.pbt", "ray.tune.schedulers.pb2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         # an exploited trial reports its parent's epochs again; the arm's Optuna study (which only
         # drew the starting population) then warns once per repeated step: nothing to act on
         warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
     # PBT restores a parent's checkpoint from its last perturbation, up to an interval old:
     # keep that many (and a spare), or the parent's next epoch could delete it first
-    keep = pbt_interval(options, max_epochs) + 2 if options.scheduler == "pbt" else 1
+    keep = pbt_interval(options, max_epochs) + 2 if options.scheduler in POPULATION_SCHEDULERS else 1
     launched = launch(
         session,
         Launch("tune", options.name or default_name(session.space.name), plan.search_alg, plan.num_samples,

@@ -21,9 +21,12 @@ from searcher.cli import main
 from searcher.progress import ProgressLine
 from searcher.pbt import (
     LINEAGE_ARTIFACT,
+    BanditWeights,
+    SimplexToWeights,
     PopulationBasedWeights,
     WeightExplorer,
     lineage_record,
+    make_pb2,
     make_pbt,
     perturb_weights,
 )
@@ -293,3 +296,71 @@ def test_a_resumed_pbt_search_loses_and_duplicates_nothing(ray_session, tracking
         if not exploits:
             assert sorted(set(steps)) == [1, 2, 3, 4]
     assert exploited >= 1
+
+
+# ----------------------------------------------------------------------------- --scheduler pb2
+
+
+def test_pb2_rebuilds_the_weights_from_the_simplex_point_it_chose():
+    # u = (e^-1, e^-3): -log u = (1, 3), so w = (1/4, 3/4) (spaces.simplex's Dirichlet map)
+    config = {"simplex.f1": math.exp(-1), "simplex.f2": math.exp(-3), "fixed.weights": "0.9,0.1", "lr": 0.01}
+    new = SimplexToWeights(("f1", "f2"))(config)
+    assert parse_weights(new["fixed.weights"], ["f1", "f2"]) == pytest.approx([0.25, 0.75], rel=1e-5)
+    assert {k: v for k, v in new.items() if k != "fixed.weights"} == {k: v for k, v in config.items() if k != "fixed.weights"}
+    # equal coordinates: the centre of the simplex
+    assert SimplexToWeights(("a", "b", "c"))({"simplex.a": 0.3, "simplex.b": 0.3, "simplex.c": 0.3})["fixed.weights"] \
+        == "0.333333,0.333333,0.333333"
+
+
+def test_pb2_acts_in_the_fixed_arm_over_the_simplex_coordinates():
+    scheduler = make_scheduler("pb2", 6, None, pbt=make_pb2(["f1", "f2"], 2, max_epochs=6))
+    fixed = scheduler.scheduler_for("fixed")
+    assert isinstance(fixed, BanditWeights) and fixed._perturbation_interval == 2 and fixed._metric == "val/score"
+    assert fixed._hyperparam_bounds == {"simplex.f1": [1e-6, 1.0], "simplex.f2": [1e-6, 1.0]}
+    assert isinstance(scheduler.scheduler_for("ew"), ASHAScheduler)
+    assert fixed.on_trial_result(None, None, {"epoch": 6, "training_iteration": 6, "val/score": 1.0}) == "CONTINUE"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "fixed", "--param", "weights=1,1"], "leave the weights unset"),
+    (["--methods", "fixed", "--pbt-lr"], "--pbt-lr goes with --scheduler pbt"),
+    (["--methods", "ew"], "--scheduler pb2 mutates the task weights"),
+    (["--methods", "fixed", "--search", "grid"], "--search tpe or random"),
+])
+def test_bad_pb2_searches_are_one_line_errors(argv, message, capsys, tmp_path):
+    code = main(["tune", "--space", "toy", "--max-epochs", "4", "--scheduler", "pb2", *argv,
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_pb2_search_moves_the_simplex_point_and_trains_the_weights_rebuilt_from_it(ray_session, tracking_uri, tmp_path):
+    from ray.tune import ExperimentAnalysis
+
+    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
+    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pb2", scheduler="pb2",
+                            pbt_interval=1, search="random")
+    run_search(session, options, tracking_uri, "pb2")
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["pb2"])
+    trials = runs[runs["tags.searcher.role"] != "search"].set_index("tags.searcher.trial_id")
+    assert len(trials) == 4 and set(trials["tags.searcher.status"]) == {"completed"}
+    assert (runs["tags.searcher.role"] == "search").sum() == 1
+    client = MlflowClient(tracking_uri)
+    moved = 0
+    for trial in ExperimentAnalysis(str(tmp_path / "ray" / "pb2")).trials:
+        config = trial.config  # the final config: PB2's last simplex point, and the weights rebuilt from it
+        u = [config["simplex.f1"], config["simplex.f2"]]
+        assert all(1e-6 <= x <= 1.0 for x in u)
+        weights = parse_weights(config["fixed.weights"], ["f1", "f2"])
+        e = [-math.log(x) for x in u]
+        assert weights == pytest.approx([e[0] / sum(e), e[1] / sum(e)], rel=1e-4)
+        run = trials.loc[trial.trial_id]
+        moved += parse_weights(run["params.fixed.weights"], ["f1", "f2"]) != pytest.approx(weights, rel=1e-4)
+        # what the trainer applied at its last epoch is the final config's weights
+        for task, w in zip(("f1", "f2"), weights):
+            history = client.get_metric_history(run.run_id, f"weight/{task}")
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            assert last.step == 4 and last.value == pytest.approx(w, rel=1e-5)
+    assert moved >= 1

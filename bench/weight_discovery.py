@@ -1,6 +1,6 @@
 """Which way finds the best fixed task weights for the compute spent (issue 16)?
 
-Five ways to pick the fixed weights of ``--methods fixed``, each given the SAME discovery budget
+Six ways to pick the fixed weights of ``--methods fixed``, each given the SAME discovery budget
 in trial-epochs (the fairness rule: the sum over the way's trials of the epochs each trained,
 counted from each trial's logged epochs, so a PBT trial that skipped epochs by an exploit counts
 only the epochs it trained):
@@ -10,6 +10,8 @@ only the epochs it trained):
 (b) ``fixed-tpe``: ``--methods fixed --search tpe`` (or ``--fixed-search nsga2``) over the simplex;
 (c) ``fixed-pbt``: ``--methods fixed --scheduler pbt`` (Ray's PBT, ``searcher.pbt``), the
     population's best (``analysis.extract.population_best``), its last applied weights;
+(c') ``fixed-pb2``: the same with ``--scheduler pb2`` (Ray's PB2 over the simplex coordinates;
+    ``--no-pb2`` leaves it out);
 (d) ``simplex-grid``: the lattice `002` would search (``spaces.simplex.simplex_grid``: steps of
     1/10, every task weighted; 9 points for 2 tasks), every point once;
 (e) ``ew``: equal weights, nothing spent.
@@ -22,8 +24,8 @@ mean and 95% t-interval over seeds (``analysis.uncertainty.summarize``). The com
 hyperparameters are fixed (``--param``, default Adam, lr 0.001, dropout 0.1) so that the ways
 differ only in their weights.
 
-    python bench/weight_discovery.py --quick                 # ~5 min on 2 CPUs: tiny budgets
-    python bench/weight_discovery.py                         # mnist_cl_rr, 9 trials x 5 epochs per way, 5 seeds
+    python bench/weight_discovery.py --quick                 # ~4 min on 2 CPUs: tiny budgets
+    python bench/weight_discovery.py                         # mnist_cl_rr, 9 trials x 10 epochs per way, 5 seeds
     python bench/weight_discovery.py --space mnist_rl_rr --plot weights.png
 
 Prints a markdown table to stdout and writes a PNG (Δm against discovery trial-epochs).
@@ -50,12 +52,13 @@ from analysis.extract import population_best  # noqa: E402
 from analysis.uncertainty import summarize  # noqa: E402
 from searcher.launch import quiet_ray_env  # noqa: E402
 from searcher.rerun import plan_rerun, run_reruns  # noqa: E402
+from searcher.pbt import default_interval  # noqa: E402
 from searcher.search import SearchOptions, run_search  # noqa: E402
 from searcher.session import open_session  # noqa: E402
 from spaces.simplex import GRID_STEPS, simplex_lattice  # noqa: E402
 
 SPACES = ("mnist_cl_rr", "mnist_cl_cr", "mnist_rl_rr")
-WAYS = ("smto-ema", "fixed-tpe", "fixed-pbt", "simplex-grid", "ew")
+WAYS = ("smto-ema", "fixed-tpe", "fixed-pbt", "fixed-pb2", "simplex-grid", "ew")
 
 
 @dataclass
@@ -100,7 +103,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (3 trials x 2 epochs per way, 3 seeds): a check")
     ap.add_argument("--trials", type=int, default=None,
                     help="trials per way (default 9: the 2-task simplex grid's points; --quick 3)")
-    ap.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (default 5; --quick 2)")
+    ap.add_argument("--max-epochs", type=int, default=None,
+                    help="epochs per trial (default: the space's, 10 on Multi-MNIST; --quick 2)")
+    ap.add_argument("--pbt-interval", type=int, default=None,
+                    help="epochs between PBT/PB2 steps (default max(1, max_epochs // 5), as tune)")
+    ap.add_argument("--no-pb2", action="store_true", help="leave out way (c') PB2")
     ap.add_argument("--seeds", type=int, default=None, help="retrains of each way's weights (default 5; --quick 3)")
     ap.add_argument("--smto", default="uw", help="the SMTO whose EMA weights way (a) extracts (default uw)")
     ap.add_argument("--fixed-search", default="tpe", choices=("tpe", "nsga2", "random"), help="way (b)'s sampler")
@@ -110,7 +117,8 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="PNG path (default: in the work folder)")
     args = ap.parse_args()
     trials = args.trials or (3 if args.quick else 9)
-    epochs = args.max_epochs or (2 if args.quick else 5)
+    epochs = args.max_epochs or (2 if args.quick else open_session(args.space, ["ew"], [], None, None).settings.max_epochs)
+    interval = args.pbt_interval or default_interval(epochs)
     seeds = args.seeds or (3 if args.quick else 5)
     params = args.param or ["optimizer=adam", "lr=0.001", "dropout=0.1"]
     if trials < 2:
@@ -147,10 +155,14 @@ def main() -> None:
                        SearchOptions(num_samples=trials, name="smto-ema", search="tpe", **common)))
     ways.append(search("fixed-tpe", f"fixed, {args.fixed_search} over the simplex, best trial", ["fixed"],
                        SearchOptions(num_samples=trials, name="fixed-tpe", search=args.fixed_search, **common)))
-    ways.append(search("fixed-pbt", f"fixed, PBT (interval 1 epoch) over a population of {trials}, population best",
-                       ["fixed"], SearchOptions(num_samples=trials, name="fixed-pbt", search="random", seed=args.seed,
-                                                storage=storage, scheduler="pbt", pbt_interval=1),
-                       pick=lambda runs: population_best(client, runs[0].info.run_id)))
+    for kind, what in (("pbt", "PBT"), ("pb2", "PB2")):
+        if kind == "pb2" and args.no_pb2:
+            continue
+        ways.append(search(f"fixed-{kind}", f"fixed, {what} (interval {interval} epoch(s)) over a population of "
+                           f"{trials}, population best", ["fixed"],
+                           SearchOptions(num_samples=trials, name=f"fixed-{kind}", search="random", seed=args.seed,
+                                         storage=storage, scheduler=kind, pbt_interval=interval),
+                           pick=lambda runs: population_best(client, runs[0].info.run_id)))
     grid_n = min(trials, grid_points)
     ways.append(search("simplex-grid", f"{grid_n} of the {grid_points} points of `002`'s 1/{GRID_STEPS} simplex lattice"
                        + ("" if grid_n == grid_points else " (seeded order)"), ["fixed"],
@@ -198,9 +210,9 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     spread = 0.03 * max(1, max(way.trial_epochs for way, _ in rows))  # ways at one budget side by side
-    for i, ((way, s), marker) in enumerate(zip(rows, "osD^v")):
+    for i, ((way, s), marker) in enumerate(zip(rows, "osDP^v")):
         err = [[s.mean - s.low], [s.high - s.mean]] if s.n > 1 else None
-        ax.errorbar([way.trial_epochs + (i - 2) * spread], [s.mean], yerr=err, fmt=marker, capsize=4, label=way.name)
+        ax.errorbar([way.trial_epochs + (i - len(rows) / 2) * spread], [s.mean], yerr=err, fmt=marker, capsize=4, label=way.name)
     ax.set_xlabel("discovery trial-epochs (ways at one budget drawn side by side; retrains not counted)")
     ax.set_ylabel("test Δm (%), mean and 95% interval over seeds")
     ax.set_title(f"Fixed-weight discovery on {args.space}{' (--quick)' if args.quick else ''}")

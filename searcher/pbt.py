@@ -150,6 +150,22 @@ class InASearch:
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)
+        self._resume_state(trial)
+
+    def _resume_state(self, trial: Any) -> None:
+        """A trial with results is one of a resumed search: Ray does not save a scheduler's state,
+        it adds every restored trial to the one pickled at the start. Its PBT state starts again
+        from what the trial reported last: its score (so it ranks at once) and its perturbation
+        cadence (the last multiple of the interval it reached; not 0, which would make every
+        restored trial due at its next epoch). PB2's GP data is not rebuilt: it learns again."""
+        last = trial.last_result or {}
+        state = self._trial_state.get(trial)
+        if state is None or last.get(self._time_attr) is None:
+            return
+        interval = self._perturbation_interval
+        state.last_perturbation_time = int(last[self._time_attr]) // interval * interval
+        if last.get(self._metric) is not None:
+            state.last_score = self._metric_op * float(last[self._metric])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self.max_epochs is not None and int(result.get("epoch", 0)) >= self.max_epochs:

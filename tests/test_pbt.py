@@ -364,3 +364,25 @@ def test_a_pb2_search_moves_the_simplex_point_and_trains_the_weights_rebuilt_fro
             last = max(history, key=lambda m: (m.step, m.timestamp))
             assert last.step == 4 and last.value == pytest.approx(w, rel=1e-5)
     assert moved >= 1
+
+
+class NoSearch:
+    search_alg = None
+
+
+@pytest.mark.parametrize("make", [lambda: make_pbt(["f1", "f2"], 3, seed=0), lambda: make_pb2(["f1", "f2"], 3)])
+def test_a_resumed_trial_keeps_its_score_and_perturbation_cadence(make):
+    """Ray adds every restored trial to a fresh scheduler: a trial that reached epoch 7 with
+    interval 3 was last due at 6 (next at 9, not at once), and ranks by its last score."""
+    from ray.tune.experiment import Trial
+
+    scheduler = make()
+    restored = Trial("train_trial", config={"method": "fixed", "fixed.weights": "0.5,0.5", "simplex.f1": 0.5,
+                                            "simplex.f2": 0.5}, stub=True)
+    restored.run_metadata.last_result = {"training_iteration": 7, "val/score": -3.5}
+    new = Trial("train_trial", config=dict(restored.config), stub=True)
+    scheduler.on_trial_add(NoSearch(), restored)
+    scheduler.on_trial_add(NoSearch(), new)
+    assert scheduler._trial_state[restored].last_perturbation_time == 6
+    assert scheduler._trial_state[restored].last_score == -3.5  # mode max: the score itself
+    assert scheduler._trial_state[new].last_perturbation_time == 0 and scheduler._trial_state[new].last_score is None

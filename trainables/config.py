@@ -43,8 +43,9 @@ COMMON: dict[str, Hyperparameter] = {
                                        low=0),
     "plateau_min_lr": Hyperparameter(1e-5, float, "lr_schedule=plateau: the lr is never reduced below this", low=0.0),
     "diagnostics_every": Hyperparameter(
-        0, int, "every K-th training step, the gradient diagnostics between tasks (cosine, magnitude similarity, "
-        "conflicts; `003` §4.2, `004` §5) on the shared parameters and on z, logged per epoch as diag/...; 0 = off",
+        0, int, "every K-th training step, the gradient diagnostics between the trained tasks (GDS, GMS, conflicting "
+        "pairs and components, FD; `003` §4.2, `004` §5) on the shared parameters and on z, logged per epoch as "
+        "diag/...; 0 = off",
         low=0
     ),
     "diagnostics_samples": Hyperparameter(

@@ -65,7 +65,7 @@ def train_once(
     with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name(config), tags=tags) as run:
         mlflow.log_params(params)
         last = run_trial(config, session.settings, report, trainer=trainer)
-        tracking.log_best_model(client, run.info.run_id, trainer.best_model())
+        tracking.log_best_model(client, run.info.run_id, trainer.best_state)
         mlflow.set_tag(Tag.STATUS, tracking.status_of(last, session.settings.max_epochs, failed=False))
     return run.info.run_id, last
 

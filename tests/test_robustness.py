@@ -131,7 +131,7 @@ def test_trainer_keeps_the_best_epochs_model(monkeypatch):
     trainer.run_epoch()
     epoch1 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run_epoch()
-    kept = trainer.best_model()
+    kept = trainer.best_state
     assert kept["epoch"] == 1 and trainer.best["best/epoch"] == 1
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(kept["model"][key], epoch1[key]) and kept["model"][key].device.type == "cpu"
@@ -139,17 +139,17 @@ def test_trainer_keeps_the_best_epochs_model(monkeypatch):
     state = trainer.state_dict()
     resumed = Trainer(build_problem("toy"), config)
     resumed.load_state_dict(state)
-    assert resumed.best_model()["epoch"] == 1
+    assert resumed.best_state["epoch"] == 1
     old = {k: v for k, v in state.items() if k != "best_model"}
     resumed.load_state_dict(old)
-    assert resumed.best_model() is None
+    assert resumed.best_state is None
     trainer.run_epoch()
-    assert trainer.best_model()["epoch"] == 3
+    assert trainer.best_state["epoch"] == 3
     for key, value in trainer.model.state_dict().items():
-        assert torch.equal(trainer.best_model()["model"][key], value)
+        assert torch.equal(trainer.best_state["model"][key], value)
     off = Trainer(build_problem("toy"), {**config, "keep_model": "false"})
     off.run_epoch()
-    assert off.best_model() is None and off.state_dict()["best_model"] is None
+    assert off.best_state is None and off.state_dict()["best_model"] is None
 
 
 # --------------------------------------------------------------------------- end to end

@@ -113,8 +113,9 @@ class Trainer:
         #: trained tasks waiting for the method's own per-task gradients (reused, not recomputed).
         self._pending_diagnosis: tuple[torch.Tensor, list[int]] | None = None
         self.best: dict[str, float] = {"best/val_score": -math.inf, "best/epoch": 0}
-        #: With ``keep_model``: a CPU copy of the model and method state of the best validation epoch
-        #: (``best_model``), what ``searcher robustness`` evaluates; copied only when the best improves.
+        #: With ``keep_model``: a CPU copy (``model_state``) of the model and method state of the best
+        #: validation epoch, what ``searcher robustness`` evaluates; copied only when the best improves.
+        #: None without ``keep_model``.
         self.keep_model = bool(self.config["keep_model"])
         self.best_state: dict[str, Any] | None = None
         self._val_cycle: Iterator[Any] | None = None
@@ -470,10 +471,6 @@ class Trainer:
                        for k, v in self.method.state_dict().items()},
             "epoch": self.epoch,
         }
-
-    def best_model(self) -> dict[str, Any] | None:
-        """The kept state of the best validation epoch (``model_state``), None without ``keep_model``."""
-        return self.best_state
 
     def load_model(self, state: Mapping[str, Any]) -> None:
         """Load a ``model_state`` (e.g. a run's ``model/best.pt``) into this trainer's model and method."""

@@ -4,7 +4,6 @@ PBT search on the toy logged to MLflow."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
@@ -182,16 +181,21 @@ def test_pbt_flags_without_pbt_are_refused(capsys):
     assert "go with --scheduler pbt" in capsys.readouterr().err
 
 
+def population_search(scheduler: str, tracking_uri: str, tmp_path, resume: bool = False):
+    """4 fixed trials of 4 epochs on the toy under ``scheduler`` (perturbation every epoch, seed
+    3), in the experiment named after it; returns that experiment's runs (parent and trials)."""
+    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
+    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name=scheduler, scheduler=scheduler,
+                            pbt_interval=1, search="random", resume=resume)
+    run_search(session, options, tracking_uri, scheduler)
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[scheduler])
+
+
 def test_a_pbt_search_exploits_and_logs_one_run_per_trial_with_the_applied_weights(ray_session, tracking_uri, tmp_path):
     from analysis.extract import extract_from_run, population_best
 
-    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
-    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pbt", scheduler="pbt",
-                            pbt_interval=1, search="random")
-    run_search(session, options, tracking_uri, "pbt")
-
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["pbt"])
+    runs = population_search("pbt", tracking_uri, tmp_path)
     parent = runs[runs["tags.searcher.role"] == "search"]
     trials = runs[runs["tags.searcher.role"] != "search"]
     # one MLflow run per trial across every pause, exploit and restore
@@ -256,19 +260,12 @@ def test_a_resumed_pbt_search_loses_and_duplicates_nothing(ray_session, tracking
     monkeypatch.setattr(searcher.launch, "ProgressLine", Interrupting)
     monkeypatch.setattr(Interrupting, "fired", False)
     monkeypatch.setattr(Interrupting, "seen", 0)
-    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
-    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pbt", scheduler="pbt",
-                            pbt_interval=1, search="random")
-    run_search(session, options, tracking_uri, "pbt")
+    before = population_search("pbt", tracking_uri, tmp_path)
     assert Interrupting.fired
-    mlflow.set_tracking_uri(tracking_uri)
-    before = mlflow.search_runs(experiment_names=["pbt"])
     done = (before["tags.searcher.role"] != "search") & (before["tags.searcher.status"] == "completed")
     assert done.sum() < 4, "the interrupt came too late: nothing left to resume"
 
-    run_search(session, dataclasses.replace(options, resume=True), tracking_uri, "pbt")
-
-    runs = mlflow.search_runs(experiment_names=["pbt"])
+    runs = population_search("pbt", tracking_uri, tmp_path, resume=True)
     parent = runs[runs["tags.searcher.role"] == "search"]
     trials = runs[runs["tags.searcher.role"] != "search"]
     assert len(parent) == 1  # the resumed search wrote to its first parent run
@@ -337,13 +334,7 @@ def test_bad_pb2_searches_are_one_line_errors(argv, message, capsys, tmp_path):
 def test_a_pb2_search_moves_the_simplex_point_and_trains_the_weights_rebuilt_from_it(ray_session, tracking_uri, tmp_path):
     from ray.tune import ExperimentAnalysis
 
-    session = open_session("toy", ["fixed"], ["steps_per_epoch=10", "optimizer=adam"], None, max_epochs=4)
-    options = SearchOptions(num_samples=4, seed=3, storage=str(tmp_path / "ray"), name="pb2", scheduler="pb2",
-                            pbt_interval=1, search="random")
-    run_search(session, options, tracking_uri, "pb2")
-
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["pb2"])
+    runs = population_search("pb2", tracking_uri, tmp_path)
     trials = runs[runs["tags.searcher.role"] != "search"].set_index("tags.searcher.trial_id")
     assert len(trials) == 4 and set(trials["tags.searcher.status"]) == {"completed"}
     assert (runs["tags.searcher.role"] == "search").sum() == 1

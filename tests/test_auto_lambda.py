@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from trainables.methods import build_method
-from trainables.methods.base import StepContext
+from trainables.methods.capabilities import StepContext
 from trainables.problems.base import TaskSpec
 
 TASKS = [TaskSpec("a", ()), TaskSpec("b", ())]

@@ -6,7 +6,8 @@ method or problem is covered by registering it, nothing else (the tests parametr
 shows the checks running on a method registered inside the test. TorchJD's shared
 ``_asserts.py`` (its aggregator tests) is the model: one set of asserts, every aggregator.
 
-What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by declared flags:
+What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by declared capability
+(``trainables.methods.capabilities``):
 
 * gradient aggregators: ``aggregate`` on identical, opposite, one zero, tiny (1e-12) and huge (1e6)
   gradients, T = 2 and 3, two successive steps: a finite direction of the right shape, finite
@@ -15,7 +16,8 @@ What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by dec
 * loss weightings: ``combine`` on ordinary, zero, tiny and huge losses: a finite total, finite
   weights, and ∂total/∂L_t == w_t unless listed in ``TOTAL_NOT_WEIGHTED_SUM``; NaN losses never
   reach a method: the trainer raises ``DivergedError`` first (checked for every method);
-* every method: state_dict -> a fresh instance -> load_state_dict gives the same next output;
+* every method: one kind, and exactly the capabilities it implements declared (a hook without
+  its capability would never be called); state_dict -> a fresh instance -> load_state_dict gives the same next output;
   3 epochs of the toy problem with a fixed seed are finite, and a resume from the checkpoint
   after epoch 1 gives epochs 2-3 exactly as the uninterrupted run;
 * every problem: the same task names, metrics and metric directions before and after ``load``
@@ -37,6 +39,7 @@ import torch
 from conftest import make_tasks
 from trainables.errors import DivergedError
 from trainables.methods import METHODS, GradientAggregator, LossWeighting, Method
+from trainables.methods.capabilities import ActsAfterStep, ObservesKPIs, RepresentsTasks, contract_breaches
 from trainables.metrics import MetricSpec
 from trainables.problems import PROBLEMS, Problem, build_problem
 from trainables.trainer import Trainer
@@ -112,14 +115,15 @@ LOSS_CASES: dict[str, Callable[[int], torch.Tensor]] = {
 def _before(method: Method, n_features: int, losses: torch.Tensor) -> None:
     """What the trainer does before ``combine`` / ``aggregate``: the per-task representations
     (RotoGrad builds its rotations there) and, for KPI-driven methods, the batch's KPIs."""
-    method.task_representations(torch.zeros(1, n_features, dtype=D64))
-    if method.needs_kpis:
+    if isinstance(method, RepresentsTasks):
+        method.task_representations(torch.zeros(1, n_features, dtype=D64))
+    if isinstance(method, ObservesKPIs):
         method.observe_kpis(torch.full(losses.shape, 0.5, dtype=D64))
 
 
 def _after(method: Method, losses: torch.Tensor) -> None:
     """What the trainer does after the optimizer step (FAMO's no-grad re-evaluation)."""
-    if method.needs_post_step_losses:
+    if isinstance(method, ActsAfterStep):
         method.after_step(losses.detach(), 0.9 * losses.detach())
 
 
@@ -284,6 +288,19 @@ def test_nan_losses_raise_diverged(name):
     check_nan_losses_raise_diverged(name)
 
 
+def check_capabilities(cls: type[Method]) -> None:
+    """A method is one kind and declares exactly the capabilities it implements
+    (``trainables.methods.capabilities.contract_breaches``)."""
+    assert issubclass(cls, LossWeighting) != issubclass(cls, GradientAggregator), f"{cls.name}: not one kind"
+    breaches = contract_breaches(cls)
+    assert not breaches, f"{cls.name}: " + "; ".join(breaches)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_capabilities_are_declared_and_implemented(name):
+    check_capabilities(METHODS.get(name))
+
+
 def test_the_listed_exceptions_are_registered_methods_of_their_kind():
     """The exception lists name real methods, so a renamed one is not silently unchecked."""
     for name in DIRECTION_NOT_WTG:
@@ -320,6 +337,21 @@ class WrongWeights(HalfSecond):
         return losses.sum(), super().combine(losses)[1]
 
 
+class UndeclaredKPIs(HalfSecond):
+    """Throwaway method with a KPI hook but no ``ObservesKPIs``: the trainer would never call it."""
+
+    name = "throwaway_undeclared_kpis"
+
+    def observe_kpis(self, kpis):
+        self.kpis = kpis
+
+
+class UnimplementedKPIs(ObservesKPIs, HalfSecond):
+    """Throwaway method that declares ``ObservesKPIs`` and implements nothing of it."""
+
+    name = "throwaway_unimplemented_kpis"
+
+
 @pytest.fixture
 def registered():
     """Register throwaway methods for one test and remove them after it."""
@@ -348,6 +380,11 @@ def test_a_registered_throwaway_method_is_checked(registered):
     registered(WrongWeights)
     with pytest.raises(AssertionError, match="∂total/∂L != weights"):
         check_edge_cases(METHODS.get(WrongWeights.name))
+    check_capabilities(cls)
+    with pytest.raises(AssertionError, match="implements observe_kpis without declaring ObservesKPIs"):
+        check_capabilities(registered(UndeclaredKPIs))
+    with pytest.raises(AssertionError, match="declares ObservesKPIs but does not implement observe_kpis"):
+        check_capabilities(registered(UnimplementedKPIs))
     assert HalfSecond.name in METHODS.names()  # (removed by the fixture after the test)
 
 

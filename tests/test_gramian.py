@@ -12,6 +12,7 @@ from conftest import make_tasks as _tasks
 from trainables.gradients import param_grads
 from trainables.gramian import StagedGramian, auto_stages, encoder_stages
 from trainables.methods import METHODS, build_method
+from trainables.methods.base import GramianWeighting
 from trainables.problems.dense_models import ResNetEncoder
 from trainables.problems.multi_mnist import LeNetEncoder
 
@@ -196,7 +197,7 @@ def test_unused_stage_parameters_count_zero():
     assert staged.verified and _relative_error(gram, ref) < 1e-6
 
 
-GRAMIAN_ONLY = sorted(n for n in METHODS.names() if getattr(METHODS.get(n), "gramian_only", False))
+GRAMIAN_ONLY = sorted(n for n in METHODS.names() if issubclass(METHODS.get(n), GramianWeighting))
 
 
 def test_the_gramian_only_methods_are_the_weightings_of_the_gradients():
@@ -207,7 +208,7 @@ def test_the_gramian_only_methods_are_the_weightings_of_the_gradients():
 @pytest.mark.parametrize("name", GRAMIAN_ONLY)
 @pytest.mark.parametrize("tasks", [2, 5])
 def test_gramian_only_methods_aggregate_to_their_weights_times_g(name, tasks):
-    """What ``gramian_only`` promises the trainer: aggregate(G) = (wᵀG, w), w = weights_from_gramian(GGᵀ)."""
+    """What a ``GramianWeighting`` promises the trainer: aggregate(G) = (wᵀG, w), w = weights_from_gramian(GGᵀ)."""
     g = torch.Generator().manual_seed(tasks)
     grads = torch.randn(tasks, 40, generator=g, dtype=torch.float64)
     losses = torch.rand(tasks, generator=g, dtype=torch.float64) + 0.1

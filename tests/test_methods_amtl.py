@@ -19,6 +19,7 @@ import torch
 from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods.amtl import AMTL, focal_softmax_weights, parse_potentials
+from trainables.methods.capabilities import ObservesKPIs
 from trainables.methods.gls import GeometricLossStrategy
 from trainables.problems import build_problem
 from trainables.trainer import Trainer
@@ -55,7 +56,7 @@ def _applied(w: list[float], losses: list[float]) -> tuple[float, list[float]]:
 def test_defaults_follow_the_official_code():
     method = _amtl()
     assert method.params == {"gamma": 2.0, "momentum": 0.1, "potentials": "", "margin": 0.05, "update": "epoch"}
-    assert AMTL.needs_kpis and AMTL.kind == "loss" and AMTL.defines_weights
+    assert issubclass(AMTL, ObservesKPIs) and AMTL.kind == "loss" and AMTL.defines_weights
     assert method.potential.tolist() == [1.0, 1.0]  # no potentials: achievement = KPI (no margin)
     assert method.task_weights.tolist() == [0.5, 0.5]  # before any KPI: uniform 1/T
 

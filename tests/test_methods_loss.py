@@ -18,6 +18,7 @@ from torch import nn
 from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods import build_method
+from trainables.methods.capabilities import ActsAfterStep, ObservesKPIs
 from trainables.methods.dtp import DynamicTaskPrioritization, dtp_kpi_weights, dtp_weights
 from trainables.methods.famo import FAMO, softmax_vjp
 from trainables.problems import build_problem
@@ -138,7 +139,7 @@ def test_edge_cases_stay_finite(name, case):
         total, weights, grad = _weights_and_loss_grad(method, losses)
         assert torch.isfinite(total) and torch.isfinite(weights).all() and torch.isfinite(grad).all()
         assert (weights >= 0).all()
-        if method.needs_post_step_losses:
+        if isinstance(method, ActsAfterStep):
             method.after_step(losses, losses * 0.5)
     assert all(math.isfinite(v) for v in method.epoch_diagnostics().values())
     if name == "famo":
@@ -395,7 +396,7 @@ def _kpis(*values: float) -> torch.Tensor:
 
 
 def test_dtp_asks_for_kpis():
-    assert DynamicTaskPrioritization.needs_kpis
+    assert issubclass(DynamicTaskPrioritization, ObservesKPIs)
 
 
 def test_dtp_kpi_hand_worked_first_step():
@@ -676,4 +677,4 @@ def test_famo_rejects_bad_parameters(params, match):
 
 def test_famo_defaults():
     assert build_method("famo", _tasks(2)).params == {"gamma": 0.01, "w_lr": 0.025, "min_loss": 0.0}
-    assert FAMO.needs_post_step_losses is True
+    assert issubclass(FAMO, ActsAfterStep)

@@ -21,7 +21,17 @@ import torch
 from trainables import config as cfg
 from trainables.errors import DivergedError
 from trainables.methods import GradientAggregator, LossWeighting, build_method
-from trainables.methods.base import StepContext
+from trainables.methods.base import GramianWeighting
+from trainables.methods.capabilities import (
+    ActsAfterStep,
+    AddsHeadsLoss,
+    LooksAhead,
+    ObservesKPIs,
+    PenalizesGradients,
+    RepresentsTasks,
+    ReusesWeights,
+    StepContext,
+)
 from trainables.diagnostics import EpochDiagnostics, feature_disentanglement, pair_measures, sample_measures
 from trainables.gradients import feature_grads, param_grads, write_grads
 from trainables.gramian import StagedGramian, auto_stages
@@ -81,6 +91,27 @@ class Trainer:
         name = self.config["method"]
         self.method = build_method(name, problem.tasks, cfg.method_params(self.config, name)).to(self.device)
         self.method.configure(self.config)
+        method = self.method
+        # The kind of step, fixed here (``train_step``): a loss weighting's backward, or a gradient
+        # method's; which of the gradient steps (reused weights, Gramian, per-task gradients) is
+        # decided per step by the capabilities below and ``grad_memory``.
+        if isinstance(method, LossWeighting):
+            self._backward = self._loss_backward
+        elif isinstance(method, GradientAggregator):
+            self._backward = self._gradient_backward
+        else:
+            raise TypeError(f"{type(method).__name__} is neither a LossWeighting nor a GradientAggregator")
+        #: Where per-task gradients are formed: a method's own level (MGDA-UB, RotoGrad) over the config's.
+        self.grad_level = str(getattr(method, "forced_grad_level", None) or self.config["grad_level"])
+        # The capabilities the method declares (``trainables.methods.capabilities``), asked once:
+        # the method itself where it declares one, None where it does not.
+        self._looks_ahead = method if isinstance(method, LooksAhead) else None
+        self._represents = method if isinstance(method, RepresentsTasks) else None
+        self._observes_kpis = method if isinstance(method, ObservesKPIs) else None
+        self._reuses = method if isinstance(method, ReusesWeights) else None
+        self._penalizes = method if isinstance(method, PenalizesGradients) else None
+        self._heads_loss = method if isinstance(method, AddsHeadsLoss) else None
+        self._after_step = method if isinstance(method, ActsAfterStep) else None
         self.shared = self.model.shared_parameters()
         self.staged = self._staged_gramian()
         self.optimizer = self._make_optimizer()
@@ -133,12 +164,7 @@ class Trainer:
     def _staged_gramian(self) -> StagedGramian | None:
         """The stage-by-stage Gramian when ``grad_memory`` asks for it and it applies (None: hold G)."""
         method, choice = self.method, self.config["grad_memory"]
-        if (
-            choice == "jacobian"
-            or not isinstance(method, GradientAggregator)
-            or not method.gramian_only
-            or (method.forced_grad_level or self.config["grad_level"]) != "param"
-        ):
+        if choice == "jacobian" or not isinstance(method, GramianWeighting) or self.grad_level != "param":
             return None
         encoder = self.model.encoder if isinstance(self.model, MTLModel) else self.model
         staged = StagedGramian(encoder, self.shared)
@@ -160,55 +186,92 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def train_step(self, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimizer step. Returns the task losses (T,) and the weights applied (or None)."""
-        method = self.method
-        if method.needs_step_context:
-            method.before_step(
+        """One optimizer step. Returns the task losses (T,) and the weights applied (or None).
+
+        Forward, losses, then the backward of the method's kind (``_loss_backward`` or
+        ``_gradient_backward``), then the optimizer step; the method's declared capabilities
+        hook in at their points (``trainables.methods.capabilities`` lists where).
+        """
+        if self._looks_ahead is not None:
+            self._looks_ahead.before_step(
                 StepContext(self.model, inputs, targets, self._next_val_batch, self.task_losses, self.optimizer)
             )
         with self.staged.recording() if self.staged is not None else contextlib.nullcontext():
             z = self.model.encode(inputs)
         z_leaf = z.detach().requires_grad_(True)
-        outputs = self.model.decode(z_leaf, method.task_representations(z_leaf))
+        outputs = self.model.decode(z_leaf, self._representations(z_leaf))
         losses = self._losses(outputs, targets)
         if not torch.isfinite(losses).all():
             raise DivergedError(self.epoch + 1, dict(zip(self.tasks, losses.tolist())))
         if self.diagnose_every and self._steps % self.diagnose_every == 0:
-            self._diagnose(method, z, z_leaf, losses, outputs, targets)
+            self._diagnose(z, z_leaf, losses, outputs, targets)
         self._steps += 1
-        if method.needs_kpis:
+        if self._observes_kpis is not None:
             with torch.no_grad():
                 kpis = [self.problem.kpi(t, outputs[t].detach(), targets[t]) for t in self.tasks]
-            method.observe_kpis(torch.tensor([math.nan if k is None else k for k in kpis], dtype=losses.dtype))
+            self._observes_kpis.observe_kpis(torch.tensor([math.nan if k is None else k for k in kpis], dtype=losses.dtype))
         self.optimizer.zero_grad(set_to_none=True)
-        if isinstance(method, LossWeighting):
-            total, weights = method.combine(losses)
-            total.backward()
-            z.backward(z_leaf.grad)
-        elif isinstance(method, GradientAggregator):
-            reused = method.reused_weights()
-            if reused is not None:
-                self._diagnose_pending(z)  # no per-task gradients this step to reuse
-                weights = reused.to(losses)
-                (encoder_grad,) = torch.autograd.grad((weights.detach() * losses).sum(), z_leaf, retain_graph=True)
-                self._backward_heads(method, losses, weights)
-                z.backward(encoder_grad)
-            else:
-                weights = self._gradient_step(method, z, z_leaf, losses)
-        else:
-            raise TypeError(f"{type(method).__name__} is neither a LossWeighting nor a GradientAggregator")
+        weights = self._backward(z, z_leaf, losses)
         if self.staged is not None:
             self.staged.forget()
         self.optimizer.step()
-        if method.needs_post_step_losses:
+        if self._after_step is not None:
             with torch.no_grad():
                 after = self.task_losses(self.model, inputs, targets)
-            method.after_step(losses.detach(), after)
+            self._after_step.after_step(losses.detach(), after)
         return losses.detach(), None if weights is None else weights.detach()
+
+    def _representations(self, z: torch.Tensor) -> list[torch.Tensor] | None:
+        """The heads' per-task inputs from z where the method gives them (``RepresentsTasks``), else None."""
+        return None if self._represents is None else self._represents.task_representations(z)
+
+    def _loss_backward(self, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor) -> torch.Tensor | None:
+        """A loss weighting's step: back-propagate its combined loss into the heads, then through z into the encoder."""
+        assert isinstance(self.method, LossWeighting)
+        total, weights = self.method.combine(losses)
+        total.backward()
+        z.backward(z_leaf.grad)
+        return weights
+
+    def _gradient_backward(self, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor) -> torch.Tensor | None:
+        """A gradient method's step, one of three: weights reused without per-task gradients
+        (``ReusesWeights``), weights from the Gramian built stage by stage (``grad_memory``), or
+        the per-task gradients G aggregated into the direction. Writes the model's ``.grad``."""
+        reused = self._reuses.reused_weights() if self._reuses is not None else None
+        if reused is not None:
+            return self._reused_backward(z, z_leaf, losses, reused)
+        z_grads = feature_grads(losses, z_leaf, create_graph=self._penalizes is not None)
+        if self.staged is not None:
+            gramian = self.staged.gramian(z, z_grads.detach(), batched=self.batched_grads, chunk=self.config["grad_chunk"])
+            if gramian is not None:
+                return self._gramian_backward(z, z_grads, losses, gramian)
+        return self._jacobian_backward(z, z_leaf, z_grads, losses)
+
+    def _reused_backward(
+        self, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor, reused: torch.Tensor
+    ) -> torch.Tensor:
+        """Weights applied without per-task gradients: Σ_t w_t g_t is the gradient of Σ_t w_t L_t,
+        one plain backward (what EW's step costs)."""
+        self._diagnose_pending(z)  # no per-task gradients this step to reuse
+        weights = reused.to(losses)
+        (encoder_grad,) = torch.autograd.grad((weights.detach() * losses).sum(), z_leaf, retain_graph=True)
+        self._backward_heads(losses, weights)
+        z.backward(encoder_grad)
+        return weights
+
+    def _gramian_backward(
+        self, z: torch.Tensor, z_grads: torch.Tensor, losses: torch.Tensor, gramian: torch.Tensor
+    ) -> torch.Tensor:
+        """A Gramian weighting from GGᵀ alone: wᵀG is the gradient of Σ_t w_t L_t, one plain
+        backward from z's side (G itself is never formed)."""
+        assert isinstance(self.method, GramianWeighting)
+        weights = self.method.weights_from_gramian(gramian, losses.detach())
+        self._backward_heads(losses, weights)
+        z.backward(torch.tensordot(weights.detach().to(z_grads), z_grads.detach(), dims=1))
+        return weights
 
     def _diagnose(
         self,
-        method: Any,
         z: torch.Tensor,
         z_leaf: torch.Tensor,
         losses: torch.Tensor,
@@ -224,15 +287,11 @@ class Trainer:
         Between samples: per-sample losses of each trained task on the first
         ``diagnostics_samples`` samples of the (shuffled) batch, `003` A3's "randomly select eight".
         """
-        trained = [self.tasks.index(t) for t in method.trained_tasks()]
+        trained = [self.tasks.index(t) for t in self.method.trained_tasks()]
         if len(trained) > 1:
             z_grads = feature_grads(losses, z_leaf)[trained]
             self._add_task_measures("feature", z_grads, trained)
-            if (
-                isinstance(method, GradientAggregator)
-                and (method.forced_grad_level or self.config["grad_level"]) == "param"
-                and self.staged is None
-            ):
+            if isinstance(self.method, GradientAggregator) and self.grad_level == "param" and self.staged is None:
                 self._pending_diagnosis = (z_grads, trained)
             else:
                 self._diagnose_params(z, z_grads, trained)
@@ -297,33 +356,23 @@ class Trainer:
             finite = {k: [v for v in vs if not math.isnan(v)] for k, vs in values.items()}
             self.diagnostics.add(level, {f"sample/{k}": sum(vs) / len(vs) for k, vs in finite.items() if vs})
 
-    def _gradient_step(
-        self, method: GradientAggregator, z: torch.Tensor, z_leaf: torch.Tensor, losses: torch.Tensor
+    def _jacobian_backward(
+        self, z: torch.Tensor, z_leaf: torch.Tensor, z_grads: torch.Tensor, losses: torch.Tensor
     ) -> torch.Tensor | None:
-        """Per-task gradients (or only their Gramian), the method's direction, and the backward
-        that writes it into the model's ``.grad``; returns the weights applied (or None)."""
-        level = method.forced_grad_level or self.config["grad_level"]
-        graph = method.needs_gradient_graph
-        z_grads = feature_grads(losses, z_leaf, create_graph=graph)
-        gramian = None
-        if level == "param" and self.staged is not None:
-            gramian = self.staged.gramian(z, z_grads.detach(), batched=self.batched_grads, chunk=self.config["grad_chunk"])
-        if gramian is not None:
-            # wᵀG is the gradient of Σ_t w_t L_t: one plain backward from z's side
-            weights = method.weights_from_gramian(gramian, losses.detach())
-            self._backward_heads(method, losses, weights)
-            z.backward(torch.tensordot(weights.detach().to(z_grads), z_grads.detach(), dims=1))
-            return weights
-        if level == "param":
+        """Per-task gradients G (T x d) at ``grad_level``, the method's direction from them, and
+        the backward that writes it into the model's ``.grad``; returns the weights applied (or None)."""
+        assert isinstance(self.method, GradientAggregator)
+        graph = self._penalizes is not None
+        if self.grad_level == "param":
             grads = param_grads(z, self.shared, z_grads, batched=self.batched_grads, create_graph=graph,
                                 chunk=self.config["grad_chunk"])
         else:
             grads = z_grads.flatten(1)
-        self._diagnose_pending(z, grads if level == "param" else None)
-        direction, weights = method.aggregate(grads.detach(), losses.detach())
-        penalty_z = self._backward_penalty(method, grads, z_leaf) if graph else None
-        self._backward_heads(method, losses, weights)
-        if level == "param":
+        self._diagnose_pending(z, grads if self.grad_level == "param" else None)
+        direction, weights = self.method.aggregate(grads.detach(), losses.detach())
+        penalty_z = self._backward_penalty(grads, z_leaf) if graph else None
+        self._backward_heads(losses, weights)
+        if self.grad_level == "param":
             write_grads(self.shared, direction)
             if penalty_z is not None:
                 z.backward(penalty_z)
@@ -332,8 +381,7 @@ class Trainer:
             z.backward(z_direction if penalty_z is None else z_direction + penalty_z)
         return weights
 
-    @staticmethod
-    def _backward_penalty(method: GradientAggregator, grads: torch.Tensor, z_leaf: torch.Tensor) -> torch.Tensor | None:
+    def _backward_penalty(self, grads: torch.Tensor, z_leaf: torch.Tensor) -> torch.Tensor | None:
         """Back-propagate the method's penalty on the task gradients (double backward).
 
         It reaches the heads and, at parameter level, the encoder's parameters directly; its
@@ -341,7 +389,8 @@ class Trainer:
         the encoder. The z-gradient of the task losses themselves is not kept: the encoder
         gets the method's direction instead.
         """
-        penalty = method.gradient_penalty(grads)
+        assert self._penalizes is not None
+        penalty = self._penalizes.gradient_penalty(grads)
         if penalty is None:
             return None
         z_leaf.grad = None
@@ -350,12 +399,14 @@ class Trainer:
         z_leaf.grad = None
         return penalty_z
 
-    @staticmethod
-    def _backward_heads(method: GradientAggregator, losses: torch.Tensor, weights: torch.Tensor | None) -> None:
-        """Back-propagate into the task heads (the graph stops at the detached representation)."""
-        use = weights if (weights is not None and method.heads_use_weights) else torch.ones_like(losses)
+    def _backward_heads(self, losses: torch.Tensor, weights: torch.Tensor | None) -> None:
+        """Back-propagate into the task heads (the graph stops at the detached representation):
+        the weighted losses or their plain sum (``heads_use_weights``), plus the method's own
+        loss where it adds one (``AddsHeadsLoss``)."""
+        assert isinstance(self.method, GradientAggregator)
+        use = weights if (weights is not None and self.method.heads_use_weights) else torch.ones_like(losses)
         heads_loss = (use.detach() * losses).sum()
-        extra = method.extra_loss(losses)
+        extra = None if self._heads_loss is None else self._heads_loss.extra_loss(losses)
         (heads_loss if extra is None else heads_loss + extra).backward()
 
     def task_losses(self, model: torch.nn.Module, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -368,7 +419,7 @@ class Trainer:
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Head outputs of ``model``, through the method's per-task representations if any."""
         z = model.encode(inputs)
-        return model.decode(z, self.method.task_representations(z))
+        return model.decode(z, self._representations(z))
 
     def _next_val_batch(self) -> Any:
         # Walk the validation split batch by batch, restarting it when exhausted (not

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.problems.base import TaskSpec
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -67,12 +67,11 @@ def aligned_mtl_weights(gram: np.ndarray, scale_mode: str = "min") -> np.ndarray
     return aligned_matrix(gram, scale_mode).sum(axis=1)
 
 
-class AlignedMTL(GradientAggregator):
+class AlignedMTL(GramianWeighting):
     name = "aligned_mtl"
     summary = "Aligned-MTL: align the task gradients to condition number one, then sum them"
     paper = "Senushkin et al., CVPR 2023 (Aligned-MTL; official SamsungLabs/MTL ProcrustesSolver)"
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "scale_mode": Hyperparameter("min", str, "scale of the aligned gradients: min (paper), median or rmse"),
     }

@@ -67,6 +67,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter
+from trainables.methods.capabilities import ObservesKPIs
 from trainables.methods.log_losses import LogLossWeighting
 from trainables.problems.base import TaskSpec
 
@@ -116,14 +117,13 @@ def focal_softmax_weights(achievement: torch.Tensor, gamma: float) -> torch.Tens
     return torch.softmax((1.0 - achievement).clamp_min(0.0).pow(gamma), dim=-1)
 
 
-class AMTL(LogLossWeighting):
+class AMTL(ObservesKPIs, LogLossWeighting):
     name = "amtl"
     summary = "achievement-based MTL: focal softmax weights of KPI / single-task KPI, weighted geometric mean of losses"
     paper = (
         "Yun & Cho, Achievement-based Training Progress Balancing for Multi-Task Learning, ICCV 2023: "
         "w = softmax((1 - kpi/potential)^gamma), L = prod_t L_t^w_t"
     )
-    needs_kpis = True
     hyperparameters = {
         "gamma": Hyperparameter(2.0, float, "focusing exponent of (1 - achievement)^gamma (>= 0; official 2)"),
         "momentum": Hyperparameter(0.1, float, "moving-average weight of the newest KPI, in (0, 1] (official 0.1)"),

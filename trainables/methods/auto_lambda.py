@@ -28,18 +28,18 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from trainables.errors import ConfigError
-from trainables.methods.base import Hyperparameter, LossWeighting, StepContext
+from trainables.methods.base import Hyperparameter, LossWeighting
+from trainables.methods.capabilities import LooksAhead, StepContext
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
 
-class AutoLambda(LossWeighting):
+class AutoLambda(LooksAhead, LossWeighting):
     name = "auto_lambda"
     trains = "task weights, with their own Adam (meta-gradient)"
     summary = "task weights learned by a one-step look-ahead meta-gradient on validation data"
     paper = "Liu et al., Auto-Lambda, TMLR 2022 (official code lorenmt/auto-lambda)"
-    needs_step_context = True
     hyperparameters = {
         "aux_lr_scale": Hyperparameter(
             1.0, float, "learning rate of the task weights, as a multiple of lr (> 0)", low=0.0, open_low=True,

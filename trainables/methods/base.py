@@ -1,6 +1,6 @@
 """The method interface: how a multi-task optimizer plugs into the trainer.
 
-Two kinds, after TorchJD's split between weightings and aggregators:
+A method is a small core, its kind, after TorchJD's split between weightings and aggregators:
 
 * ``LossWeighting`` sees only the task losses (T,) and returns the scalar to back-propagate
   and the per-task weights it applied (EW, fixed, UW, ...). It may own trainable
@@ -9,9 +9,14 @@ Two kinds, after TorchJD's split between weightings and aggregators:
 * ``GradientAggregator`` sees the per-task gradients G (T x d) on the shared parameters, or
   on the shared representation when ``grad_level=feature`` (`004` §2.4), and returns the
   update direction (d,) and, where defined, the per-task weights w with direction = wᵀG.
-  Methods that are a weighting of the gradients only implement ``weights_from_gramian``
-  (they need just GGᵀ); methods that reshape directions (PCGrad, ...) override
-  ``aggregate`` and return no weights.
+  Methods that reshape directions (PCGrad, ...) return no weights.
+* ``GramianWeighting``, a gradient aggregator that needs only GGᵀ: it implements
+  ``weights_from_gramian`` and its direction is wᵀG, so the trainer may never form G.
+
+plus the capabilities it declares (``trainables.methods.capabilities``: needs KPIs, takes a
+look-ahead step, acts after the step, reuses weights, penalizes gradients, adds a heads loss,
+represents tasks), each one small interface the trainer asks for once. What is left here are
+the hooks every method has: ``configure``, ``trained_tasks``, ``end_epoch``, ``epoch_diagnostics``.
 
 Every method is an ``nn.Module`` so its state (parameters, buffers, step counters) is saved
 in checkpoints with the model.
@@ -21,28 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from trainables.errors import ConfigError
+from trainables.methods.capabilities import declared
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
-
-
-@dataclass
-class StepContext:
-    """What a method that takes its own look-ahead step (Auto-Lambda) gets before each step."""
-
-    model: nn.Module
-    inputs: torch.Tensor
-    targets: Mapping[str, torch.Tensor]
-    #: The next validation batch (cycling through the validation split).
-    next_val_batch: Callable[[], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
-    #: Task losses (T,) of a model (the trainer's or a copy) on a batch.
-    task_losses: Callable[[nn.Module, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
-    optimizer: torch.optim.Optimizer
 
 
 @dataclass(frozen=True)
@@ -145,21 +137,17 @@ class Method(nn.Module):
 
     @classmethod
     def needs(cls) -> str:
-        """What the trainer must compute for this method, in words (for `searcher methods`)."""
+        """What the trainer must compute for this method, in words (for `searcher methods`):
+        its kind's inputs, then each declared capability (``trainables.methods.capabilities``)."""
         if cls.kind == "loss":
-            parts = ["losses only" if not cls.needs_kpis else "losses and per-task KPIs of the batch"]
+            parts = ["losses" if declared(cls) else "losses only"]
         elif getattr(cls, "forced_grad_level", None) == "feature":
             parts = ["per-task gradients on the shared representation"]
         else:
             parts = ["per-task gradients (shared parameters, or representation with grad_level=feature)"]
-        if getattr(cls, "gramian_only", False):
+        if issubclass(cls, GramianWeighting):
             parts[-1] += ", only through their Gramian GGᵀ"
-        if getattr(cls, "needs_gradient_graph", False):
-            parts.append("their second derivatives (double backward)")
-        if cls.needs_step_context:
-            parts.append("a look-ahead step on a copy of the model with a validation batch")
-        if cls.needs_post_step_losses:
-            parts.append("the batch's losses again after the step")
+        parts += [c.described for c in declared(cls)]
         if cls.trains:
             parts.append(cls.trains)
         return "; ".join(parts)
@@ -167,36 +155,9 @@ class Method(nn.Module):
     def configure(self, config: Mapping[str, Any]) -> None:
         """Called once by the trainer with the resolved run config (lr, ...) after construction."""
 
-    def task_representations(self, z: torch.Tensor) -> list[torch.Tensor] | None:
-        """Per-task inputs of the heads derived from the shared representation (RotoGrad's
-        rotations), or None for the plain shared z. Used in training and evaluation."""
-        return None
-
     def trained_tasks(self) -> list[str]:
         """The tasks this method trains and that the validation score counts."""
         return list(self.task_names)
-
-    #: Methods driven by task KPIs in [0, 1] (DTP, AMTL) set this; the trainer then calls
-    #: ``observe_kpis`` before ``combine`` / ``aggregate`` with the batch's KPI per task.
-    needs_kpis: ClassVar[bool] = False
-
-    def observe_kpis(self, kpis: torch.Tensor) -> None:
-        """Per-task KPIs (T,) of the current training batch, NaN where the problem defines
-        none (``Problem.kpi``); called before the step's ``combine`` / ``aggregate``."""
-
-    #: Methods that take their own look-ahead step before each training step (Auto-Lambda)
-    #: set this; the trainer then calls ``before_step`` with a ``StepContext``.
-    needs_step_context: ClassVar[bool] = False
-
-    def before_step(self, context: StepContext) -> None:
-        """Called before each training step when ``needs_step_context``."""
-
-    #: Methods that update themselves from the losses re-evaluated on the same batch after
-    #: the optimizer step (FAMO) set this; the trainer then calls ``after_step``.
-    needs_post_step_losses: ClassVar[bool] = False
-
-    def after_step(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> None:
-        """Called after the optimizer step when ``needs_post_step_losses`` (no-grad losses)."""
 
     def end_epoch(self, mean_losses: torch.Tensor) -> None:
         """Called after each training epoch with the epoch's mean task losses (DWA uses it)."""
@@ -227,34 +188,29 @@ class GradientAggregator(Method):
     #: it; the trainer then ignores the ``grad_level`` of the config.
     forced_grad_level: ClassVar[str | None] = None
 
-    def extra_loss(self, losses: torch.Tensor) -> torch.Tensor | None:
-        """A scalar added to the heads' backward, to train the method's own parameters
-        (e.g. IMTL-L's loss scales); None when the method has none."""
-        return None
+    def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (update direction (d,), per-task weights (T,) or None)."""
+        raise NotImplementedError
 
-    #: Methods that penalize the task gradients themselves (CosReg) set this: the trainer
-    #: then builds the per-task gradients with their graph and back-propagates
-    #: ``gradient_penalty(G)`` through the whole model (a double backward).
-    needs_gradient_graph: ClassVar[bool] = False
 
-    def gradient_penalty(self, grads: torch.Tensor) -> torch.Tensor | None:
-        """A differentiable penalty on the per-task gradients G (T x d, with their graph)."""
-        return None
-
-    #: Methods whose direction is wᵀG with w = ``weights_from_gramian(GGᵀ)`` set it: the trainer
-    #: may then form only GGᵀ, never G (``grad_memory``; ``trainables.gramian``).
-    gramian_only: ClassVar[bool] = False
-
-    def reused_weights(self) -> torch.Tensor | None:
-        """Weights to apply this step WITHOUT per-task gradients (Nash-MTL between weight
-        updates): the step then costs what EW's does. None when the step needs them."""
-        return None
+class GramianWeighting(GradientAggregator):
+    """A gradient aggregator whose direction is wᵀG with w = ``weights_from_gramian(GGᵀ)``: the
+    trainer may then form only GGᵀ, never G (``grad_memory``; ``trainables.gramian``)."""
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Per-task weights w from the Gramian GGᵀ (T x T); the direction is then wᵀG."""
         raise NotImplementedError
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (update direction (d,), per-task weights (T,) or None)."""
+        """(wᵀG, w) with w from GGᵀ (a subclass may override it to form wᵀG more exactly)."""
         weights = self.weights_from_gramian(grads @ grads.T, losses)
         return weights @ grads, weights
+
+
+def core(cls: type[Method]) -> type[Method]:
+    """The kind a method class is built on: ``LossWeighting``, ``GradientAggregator`` or
+    ``GramianWeighting`` (the most specific of the three)."""
+    for kind in (GramianWeighting, GradientAggregator, LossWeighting):
+        if issubclass(cls, kind):
+            return kind
+    raise TypeError(f"{cls.__name__} is neither a LossWeighting nor a GradientAggregator")

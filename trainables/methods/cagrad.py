@@ -16,7 +16,7 @@ import torch
 from scipy.optimize import minimize
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -64,13 +64,12 @@ def _rescaled(weights: np.ndarray, c: float, rescale: int) -> np.ndarray:
     return weights
 
 
-class CAGrad(GradientAggregator):
+class CAGrad(GramianWeighting):
     name = "cagrad"
     summary = "conflict-averse gradient: maximize the worst task improvement near the mean gradient"
     paper = "Liu et al., NeurIPS 2021 (eq. 3 and its dual; official code)"
     # The official implementation gives the task heads the plain sum of their gradients.
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "c": Hyperparameter(
             0.5, float, "radius of the ball around the mean gradient (c >= 0)", low=0.0,

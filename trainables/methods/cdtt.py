@@ -45,7 +45,7 @@ import torch
 from scipy.special import expit
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.edm import edm_weights
 from trainables.methods.min_norm import SOLVERS
 from trainables.problems.base import TaskSpec
@@ -113,12 +113,11 @@ def combine64(weights: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(grads.dtype) if parts else grads.new_zeros(0)
 
 
-class CDTT(GradientAggregator):
+class CDTT(GramianWeighting):
     name = "cdtt"
     summary = "CDTT: EDM's central direction plus task tensioners from the gradient-norm history"
     paper = "Nakamura et al., Neurocomputing 2022 (arXiv:2204.06698); `002` optimizers/task_tensioners.py"
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "alpha": Hyperparameter(
             0.3, float, "tension sensitivity alpha in [0, 1] (authors' config: 0.3)", low=0.0, high=1.0,

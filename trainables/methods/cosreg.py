@@ -26,6 +26,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.capabilities import PenalizesGradients
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -42,12 +43,11 @@ def cosine_penalty(grads: torch.Tensor) -> torch.Tensor:
     return cos[off].pow(2).sum() / (t * (t - 1))
 
 
-class CosReg(GradientAggregator):
+class CosReg(PenalizesGradients, GradientAggregator):
     name = "cosreg"
     summary = "orthogonal-gradient regularization: sum of losses plus a penalty on squared gradient cosines"
     paper = "Suteu & Guo, 2019 (Regularizing Deep Multi-Task Networks using Orthogonal Gradients)"
     heads_use_weights = False
-    needs_gradient_graph = True
     hyperparameters = {"penalty": Hyperparameter(1.0, float, "weight lambda of the squared-cosine penalty (>= 0)")}
 
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:

@@ -47,6 +47,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.capabilities import AddsHeadsLoss
 from trainables.problems.base import TaskSpec
 
 LOG_EPS = 1e-8
@@ -59,7 +60,7 @@ def loss_scales(losses: torch.Tensor) -> torch.Tensor:
     return torch.where(losses >= 0, 1.0 / (losses.clamp_min(0) + LOG_EPS), torch.ones_like(losses))
 
 
-class DBMTL(GradientAggregator):
+class DBMTL(AddsHeadsLoss, GradientAggregator):
     name = "db_mtl"
     summary = "dual balancing: log-loss gradients, EMA, each rescaled to the largest norm"
     paper = "Lin et al., 2023 (Dual-Balancing for Multi-Task Learning; LibMTL DB_MTL.py)"

@@ -47,6 +47,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter
+from trainables.methods.capabilities import ObservesKPIs
 from trainables.methods.log_losses import LogLossWeighting
 from trainables.problems.base import TaskSpec
 
@@ -65,14 +66,13 @@ def dtp_kpi_weights(kappa: torch.Tensor, gamma: float) -> torch.Tensor:
     return (1 - kappa).pow(gamma) * -torch.log(kappa + KPI_EPS)
 
 
-class DynamicTaskPrioritization(LogLossWeighting):
+class DynamicTaskPrioritization(ObservesKPIs, LogLossWeighting):
     name = "dtp"
     summary = (
         "dynamic task prioritization: focal weights -(1-k)^g log k of the smoothed task KPIs k "
         "(exp(-EMA loss) where a task has none)"
     )
     paper = "Guo et al., Dynamic Task Prioritization for Multitask Learning, ECCV 2018, §3 (focal KPI weights)"
-    needs_kpis = True
     hyperparameters = {
         "gamma": Hyperparameter(2.0, float, "focusing parameter of the focal weight (>= 0)"),
         "alpha": Hyperparameter(0.1, float, "moving-average weight of the newest KPI (and loss), in (0, 1]"),

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.min_norm import SOLVERS, min_norm_weights
 from trainables.problems.base import TaskSpec
 
@@ -50,12 +50,11 @@ def edm_weights(gram: np.ndarray, solver: str = "exact") -> tuple[np.ndarray, np
     return scaled / scaled.sum(), c, norms
 
 
-class EDM(GradientAggregator):
+class EDM(GramianWeighting):
     name = "edm"
     summary = "EDM (follow the bisector): min-norm point of the normalized task gradients"
     paper = "Katrutsa et al. 2020, arXiv:2007.06937 (min-norm of normalized gradients; `002` optimizers/edm.py scaling)"
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "solver": Hyperparameter("exact", str, "min-norm solver: exact, fw (reference Frank-Wolfe), pgd"),
     }

@@ -50,6 +50,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting
+from trainables.methods.capabilities import ActsAfterStep
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
@@ -62,12 +63,11 @@ def softmax_vjp(z: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return z * (delta - (z * delta).sum())
 
 
-class FAMO(LossWeighting):
+class FAMO(ActsAfterStep, LossWeighting):
     name = "famo"
     trains = "task logits, with their own Adam"
     summary = "fast adaptive multitask optimization: softmax task logits updated from each step's log-loss decrease"
     paper = "Liu et al., FAMO, NeurIPS 2023, §3 and Algorithm 1 (official code Cranial-XIX/FAMO)"
-    needs_post_step_losses = True
     hyperparameters = {
         "gamma": Hyperparameter(
             0.01, float, "weight decay of the task logits (>= 0; `002` A.6: 0.01, 0.001, 0.0001)", low=0.0,

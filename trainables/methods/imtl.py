@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.methods.base import GradientAggregator
+from trainables.methods.base import GramianWeighting
+from trainables.methods.capabilities import AddsHeadsLoss
 from trainables.problems.base import TaskSpec
 
 
@@ -71,12 +72,11 @@ def imtl_g_scales(gram: np.ndarray) -> np.ndarray:
     return np.concatenate([[1.0 - a.sum()], a])
 
 
-class IMTLG(GradientAggregator):
+class IMTLG(GramianWeighting):
     name = "imtl_g"
     summary = "IMTL-G: the direction with equal projections onto every unit task gradient (closed form)"
     paper = "Liu et al., ICLR 2021 (IMTL-G closed form alpha = g_1 Uᵀ(D Uᵀ)^-1)"
     heads_use_weights = False
-    gramian_only = True
 
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
@@ -100,7 +100,7 @@ class IMTLG(GradientAggregator):
         return out
 
 
-class IMTL(IMTLG):
+class IMTL(AddsHeadsLoss, IMTLG):
     name = "imtl"
     trains = "task loss scales (IMTL-L), trained with the model"
     summary = "IMTL: learned loss scales (IMTL-L) and IMTL-G on the scaled losses' gradients"

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.min_norm import SOLVERS, min_norm_weights
 from trainables.problems.base import TaskSpec
 
@@ -84,13 +84,12 @@ def mgda_weights(
     return weights, alpha
 
 
-class MGDA(GradientAggregator):
+class MGDA(GramianWeighting):
     name = "mgda"
     summary = "MGDA: min-norm point of the convex hull of the (normalized) task gradients"
     paper = "Sener & Koltun, NeurIPS 2018, eq. 3 and Algorithms 1-2 (reference code's normalization)"
     # The `002` code gives the task heads the plain sum of their losses.
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "normalization": Hyperparameter("loss+", str, "gradient normalization before solving: none, l2, loss, loss+"),
         "weights_on": Hyperparameter("normalized", str, "alpha multiplies the 'normalized' or the 'raw' gradients"),

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from trainables.errors import ConfigError
-from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.base import GramianWeighting, Hyperparameter
+from trainables.methods.capabilities import AddsHeadsLoss, ReusesWeights
 from trainables.problems.base import TaskSpec
 
 #: Residual max_t |alpha_t (K alpha)_t - 1| accepted as a solution (the reference's stop threshold).
@@ -120,13 +121,12 @@ def clip_factor(gram: np.ndarray, alpha: np.ndarray, max_norm: float) -> float:
     return min(1.0, max_norm / (norm + 1e-6))
 
 
-class NashMTL(GradientAggregator):
+class NashMTL(ReusesWeights, AddsHeadsLoss, GramianWeighting):
     name = "nash_mtl"
     summary = "Nash-MTL: Nash bargaining solution GGᵀα = 1/α, direction clipped to max_norm"
     paper = "Navon et al., ICML 2022 (bargaining solution GᵀGα = 1/α); official AvivNavon/nash-mtl code"
     # The heads get alpha (unclipped) through extra_loss, on top of the trainer's plain sum.
     heads_use_weights = False
-    gramian_only = True
     hyperparameters = {
         "optim_niter": Hyperparameter(20, int, "iterations of the solver per weight update (>= 1)"),
         "update_weights_every": Hyperparameter(1, int, "recompute alpha every k-th step, reuse it in between (>= 1)"),

@@ -24,11 +24,12 @@ from typing import Any, Sequence
 import torch
 
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.capabilities import ReusesWeights
 from trainables.methods.seeded import SEED_HELP, generator_of, register_generator
 from trainables.problems.base import TaskSpec
 
 
-class RandomGradientWeighting(GradientAggregator):
+class RandomGradientWeighting(ReusesWeights, GradientAggregator):
     name = "rgw"
     summary = "random gradient weighting: softmax of standard normal samples weights the task gradients"
     paper = "Lin et al., TMLR 2022 (Random Weighting, RGW; LibMTL RGW.py)"
@@ -53,10 +54,7 @@ class RandomGradientWeighting(GradientAggregator):
         """Every step: fresh weights applied without per-task gradients."""
         return self.sample()
 
-    def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        return self.sample().to(device=gramian.device, dtype=gramian.dtype)
-
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # the weights need no Gramian: skip the base class's GGᵀ
+        # never reached in training (reused_weights always answers); kept for a direct call
         weights = self.sample().to(device=grads.device, dtype=grads.dtype)
         return weights @ grads.detach(), weights

@@ -31,6 +31,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.capabilities import RepresentsTasks
 from trainables.methods.buffer_adam import adam_step
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
@@ -46,7 +47,7 @@ def rotate(z: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return head if m == z.shape[1] else torch.cat([head, z[:, m:]], dim=1)
 
 
-class RotoGrad(GradientAggregator):
+class RotoGrad(RepresentsTasks, GradientAggregator):
     name = "rotograd"
     trains = "per-task rotations, with their own Adam"
     summary = "rotates each task's view of the representation to align task gradients, and balances their norms"

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the multi-task methods, their needs and hyperparameters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--markdown", action="store_true", help="the README's table of methods")
 
     p = sub.add_parser("train", help="one training run without Ray, logged to MLflow")
     _add_common(p)
@@ -208,6 +209,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from trainables.methods import METHODS
+    from trainables.methods.base import core
+    from trainables.methods.capabilities import declared
     from trainables.search_range import SearchRange
 
     rows = []
@@ -217,6 +220,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             "name": name,
             "kind": cls.kind,
             "needs": cls.needs(),
+            "core": core(cls).__name__,
+            "capabilities": [c.__name__ for c in declared(cls)],
             "defines_weights": cls.defines_weights,
             "summary": cls.summary,
             "paper": cls.paper,
@@ -229,6 +234,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if args.markdown:
+        print(methods_markdown(rows))
+        return 0
     for r in rows:
         weights = "weights" if r["defines_weights"] else "no weights"
         print(f"{r['name']:<12} {r['kind']:<8} {weights:<10} {r['summary']}")
@@ -237,6 +245,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
             searched = f", searched {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
             print(f"{'':<12} {k} ({hp['type']}, default {hp['default']!r}{searched}): {hp['help']}")
     return 0
+
+
+def methods_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table of methods from ``cmd_methods``' rows: what each method module declares
+    (kind, weights, capabilities, own hyperparameters with their searched ranges, paper), so the
+    README never drifts from the code (``tests/test_cli.py`` compares the two)."""
+    from trainables.search_range import SearchRange
+
+    lines = ["| name | core | weights | capabilities | own hyperparameters: default (searched range) | reference |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        params = []
+        for k, hp in r["hyperparameters"].items():
+            searched = f"; {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
+            params.append(f"{k}={hp['default']!r}" + (f" (searched {searched[2:]})" if searched else ""))
+        cells = [f"`{r['name']}`", r["core"], "yes" if r["defines_weights"] else "no",
+                 ", ".join(r["capabilities"]) or "-", "; ".join(params) or "-", r["paper"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -36,6 +37,26 @@ def test_spaces_and_methods_json(capsys):
     assert methods["ew"]["needs"] == "losses only"
     assert "double backward" in methods["cosreg"]["needs"] and "look-ahead" in methods["auto_lambda"]["needs"]
     assert methods["cagrad"]["hyperparameters"]["c"]["searched"] == [0.2, 0.5, 0.8]
+    assert methods["cagrad"]["core"] == "GramianWeighting" and methods["pcgrad"]["core"] == "GradientAggregator"
+    assert methods["nash_mtl"]["capabilities"] == ["ReusesWeights", "AddsHeadsLoss"]
+    assert methods["famo"]["capabilities"] == ["ActsAfterStep"] and methods["ew"]["capabilities"] == []
+
+
+def test_readme_methods_table_is_the_registry(capsys):
+    """The README's table of methods is what `searcher methods --markdown` prints from the method
+    modules (one place per method): a method added, renamed or given a range shows up there."""
+    assert main(["methods", "--markdown"]) == 0
+    generated = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- methods table:")
+    table = readme[readme.index("\n", start) + 1:readme.index("<!-- end of methods table -->")].strip()
+    assert table == generated, "README's methods table is stale: paste `searcher methods --markdown` into it"
+    rows = [line for line in generated.splitlines()[2:]]
+    from trainables.methods import METHODS
+
+    assert [row.split("|")[1].strip().strip("`") for row in rows] == METHODS.names()
+    cagrad = next(row for row in rows if row.startswith("| `cagrad` |"))
+    assert "c=0.5 (searched uniform [0, 1]; grid 0.2, 0.5, 0.8)" in cagrad and "| GramianWeighting | yes |" in cagrad
 
 
 @pytest.mark.parametrize(

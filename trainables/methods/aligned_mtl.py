@@ -21,6 +21,13 @@ weights.
 
 Aligned-MTL-UB (the paper's upper-bound variant, ``amtlub`` in the official code) runs the same on the gradients w.r.t. the shared representation; in
 our trainer that is ``grad_level=feature``, which ``AlignedMTLUB.forced_grad_level`` imposes.
+
+Implements: Senushkin et al., CVPR 2023, Aligned-MTL (the aligned gradients of condition number
+one, ``scale_mode="min"``) and Aligned-MTL-UB (the same on the shared representation).
+
+Deviates from the authors' code: none known against SamsungLabs/MTL
+(code/optim/aligned/solver.py ProcrustesSolver, balancer.py) and LibMTL's Aligned_MTL.py, except
+that all-zero gradients give zero weights where the reference fails on an empty spectrum.
 """
 
 from __future__ import annotations

@@ -56,6 +56,15 @@ achievement above 1 (KPI above its potential, or a surrogate of a negative mean 
 make (1 - a)^gamma undefined for non-integer gamma in the official code; we take 1 - a = 0
 there (the smallest focal term) and count such task-updates as ``over_potential``. The
 achievements in use are reported as ``achievement/<task>``.
+
+Implements: `001` (AMTL: focal softmax weights of the achievements, weighted geometric mean of
+the losses).
+
+Deviates from the authors' code: against Samsung/Achievement-based-MTL
+(core/losses/multi_task/accuracy_based.py, geometric.py): the KPIs are training-batch KPIs
+averaged over the epoch instead of validation metrics after it (``update=epoch``), or per step
+(``update=step``); the loss surrogate exp(-EMA loss) for tasks without a KPI; log(L_t + 1e-8)
+and the negative-loss and over-potential rules (all above).
 """
 
 from __future__ import annotations

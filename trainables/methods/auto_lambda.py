@@ -8,7 +8,8 @@ authors' optimizers/auto_lambda.py):
    + wd theta), with alpha the current learning rate and m SGD's momentum buffer (0 for Adam);
 2. the validation loss of the primary tasks (all tasks here, weight 1 each) at theta', and its
    gradient d = grad_theta' L_val;
-3. the second-order term by finite differences (their compute_hessian, after DARTS):
+3. the second-order term by finite differences (their compute_hessian, after DARTS, Liu,
+   Simonyan & Yang, ICLR 2019):
    h_i = (L_i(theta + eps d) - L_i(theta - eps d)) / (2 eps) on the training batch, with
    eps = 0.01 / ||d||;
 4. d lambda = -alpha h, one Adam step on lambda with lr = ``aux_lr_scale`` x the run's initial
@@ -17,6 +18,15 @@ authors' optimizers/auto_lambda.py):
 
 The weights applied are lambda itself (not normalized). Costs about three extra forward and
 two extra backward passes per step, and a copy of the model.
+
+Implements: Liu et al., Auto-Lambda, TMLR 2022, the one-step look-ahead meta-gradient with the
+finite-difference second-order term.
+
+Deviates from the authors' code: against lorenmt/auto-lambda (auto_lambda.py, trainer_dense.py):
+the weights' Adam learning rate is ``aux_lr_scale`` x the run's initial lr (`002` A.6) instead
+of the absolute ``--autol_lr`` (default 1e-4); every task is primary; a step whose validation
+gradient is zero or not finite, or whose second-order term is not finite, leaves the weights as
+they are.
 """
 
 from __future__ import annotations

@@ -5,6 +5,18 @@ paper's eq. 3, as in the official implementation), with ||g0|| = sqrt(mean(GGᵀ
 the average gradient. With g_w = wᵀG and lambda = c ||g0|| / ||g_w||, the update is
 d = (g0 + lambda g_w) / (1 + c²)  (rescale=1, the official default), so the effective
 per-task weights are (1/T + lambda w_t) / (1 + c²) (SPEC: "Method details").
+
+Implements: Liu et al. 2021 (CAGrad), eq. 3 through its dual, with rescale=1.
+
+Deviates from the authors' code: against Cranial-XIX/CAGrad (nyuv2/utils.py ``cagrad``): (1) its
+``overwrite_grad`` multiplies the direction by T "to match the sum loss", so its step is T times
+the one here, whose weights (1/T + λ w_t) / (1 + c²) follow the `002` copy
+(Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/cagrad.py), which does not multiply; (2) the
+Gramian is divided by its mean diagonal before SLSQP, run with ftol 1e-10 and maxiter 200
+(scipy's defaults 1e-6 and 100 in the reference), and the solution is clipped to [0, 1]: the
+same optimum, but the reference's solver can stop at its start when gradients are small; (3) the
+reported weights include the 1/(1 + c²) rescaling, which the `002` copy leaves out of its logged
+weights.
 """
 
 from __future__ import annotations

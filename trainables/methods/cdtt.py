@@ -33,6 +33,14 @@ Numerical guards (the reference would produce NaN in these cases):
 
 ``aggregate`` builds the Gramian and the direction in float64 (in column chunks), because the
 tension weights r_t ~ 1 / ||g_t - d|| cancel in float32 when a gradient is close to d.
+
+Implements: Nakamura et al., Neurocomputing 2022, the central direction plus task tensioners,
+step by step as the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/task_tensioners.py).
+
+Deviates from the authors' code: against that code and tiemink/MTL_TaskTensioner: the direction
+check in closed form instead of its trigonometric update, an exact min-norm solver by default
+(theirs is ``solver="fw"``), and the guards against its NaN cases (all above); the same weights
+otherwise.
 """
 
 from __future__ import annotations

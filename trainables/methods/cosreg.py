@@ -15,6 +15,12 @@ on the gradients with respect to the shared representation instead (`004`'s surr
 
 The weights applied to the task gradients are 1 each (the heads get the plain sum); the
 penalty is an extra term, not a weighting.
+
+Implements: Suteu & Guo, 2019, the squared-cosine penalty on the task gradients.
+
+Deviates from the authors' code: not compared with the authors' code (we know of no release by
+Suteu & Guo; the public implementation whose normalization we follow, above, is not named here);
+at grad_level=feature the penalty is on the representation gradients instead, `004`'s surrogate.
 """
 
 from __future__ import annotations

@@ -37,6 +37,15 @@ EMA averages the gradients of different samples that occupy the same batch posit
 batch of another size (the last, smaller batch of an epoch) cannot be averaged
 coordinate-wise: the EMA restarts at that step's log-loss gradients, counted as
 ``ema_restarts``.
+
+Implements: Lin et al., 2023 (DB-MTL), loss-scale balancing (log losses) and gradient-magnitude
+balancing (EMA, rescaled to the largest norm).
+
+Deviates from the authors' code: against LibMTL's DB_MTL.py (median-research-group/LibMTL, by
+the paper's authors): a negative loss keeps factor 1 where LibMTL gives NaN; it also runs at
+grad_level=feature, which LibMTL refuses, with the EMA restarting on a batch of another size;
+the heads get sum_t log(L_t + ε) through ``extra_loss`` (the same gradient as LibMTL's per-task
+backward passes).
 """
 
 from __future__ import annotations

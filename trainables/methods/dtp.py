@@ -36,6 +36,15 @@ surrogate KPI above 1, outside the KPI's definition; it is taken as kappa = 1 (w
 such task-steps are counted in ``epoch_diagnostics`` as ``negative_losses``. The KPIs in use
 at the end of each epoch (smoothed real KPI, else the surrogate) are reported as
 ``kappa/<task>``.
+
+Implements: Guo et al., ECCV 2018, §3 (task-level prioritization, focal KPI weights); Lin et al.
+2017 (focal loss) for the focal term.
+
+Deviates from the authors' code: not compared with the authors' code (we know of no public
+release); against the DTP of Samsung/Achievement-based-MTL
+(core/losses/multi_task/accuracy_based.py ``DTPBase``): the same log(kappa + 1e-20); the KPIs
+are training-batch KPIs smoothed per step, and the loss surrogate exp(-EMA loss) for tasks
+without a KPI (above) is ours.
 """
 
 from __future__ import annotations

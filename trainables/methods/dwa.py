@@ -14,6 +14,12 @@ Numerics: the paper leaves the ratio unbounded; a previous-epoch loss of (nearly
 replaced by +-1e-8 in the denominator so the ratio stays finite (softmax is shift-stable, so
 a huge ratio just puts all the weight on that task). The ratios in use are reported through
 ``epoch_diagnostics`` as ``ratio/<task>`` instead of being clipped.
+
+Implements: Liu, Johns & Davison, CVPR 2019 (MTAN), eq. 7.
+
+Deviates from the authors' code: none known in the weights (compared with lorenmt/mtan's
+``lambda_weight`` and LibMTL's DWA.py); a previous-epoch mean loss of (nearly) 0 is replaced by
+±1e-8 in the ratio's denominator (above), where the official code would divide by 0.
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ weights on the raw gradients, which we return, are
 If any task gradient is zero the reference leaves the shared parameters without an update; we
 return zero weights (zero direction). The heads get the plain sum of their losses (reference).
 `002` A.4 Prop. 4: two gradients of equal norm get equal weights.
+
+Implements: Katrutsa et al. 2020, the min-norm point of the normalized task gradients ("follow
+the bisector"), with the `002` authors' scaling (Gabriel-SGama/UnitScal_vs_SMTOs,
+optimizers/edm.py).
+
+Deviates from the authors' code: against that code: the min-norm problem is solved exactly by
+default (its Frank-Wolfe is ``solver="fw"``), and a zero task gradient gives zero weights (a
+zero shared direction) where the reference leaves the shared parameters without an update.
 """
 
 from __future__ import annotations

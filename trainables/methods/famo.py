@@ -39,6 +39,13 @@ Deviations, each for a reason:
   and its log-decrease delta_t counts as 0 in the logit update. Such task-steps are counted
   in ``epoch_diagnostics`` as ``losses_below_min``; the logits are reported as
   ``logit/<task>``.
+
+Implements: Liu et al., FAMO, NeurIPS 2023, §3 and Algorithm 1.
+
+Deviates from the authors' code: against Cranial-XIX/FAMO (famo.py, methods/weight_methods.py)
+and the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/famo.py): no gradient clipping
+to max_norm = 1, the exact derivative as reported weights, and tasks below their bound left out
+of the step (all above).
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""Fixed task weights: minimize sum_t w_t L_t with w given (e.g. extracted from an SMTO, `002` §3.5)."""
+"""Fixed task weights: minimize sum_t w_t L_t with w given (e.g. extracted from an SMTO, `002` §3.5).
+
+Implements: `002` §3.5 (fixed weights extracted from an SMTO's weights: the linear scalarization
+sum_t w_t L_t); Xin et al. 2022.
+
+Deviates from the authors' code: none known (compared with Gabriel-SGama/UnitScal_vs_SMTOs,
+optimizers/baselines.py: Baseline(weights=w) back-propagates sum_t w_t L_t, as here).
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,14 @@ Numerics: log L_t is taken as log(L_t + 1e-8) (FAMO's guard), so a loss of exact
 finite values. A negative loss (the CAGrad toy's objectives go below 0) has no place in a
 geometric mean: that task is left out of the step (weight 0; the mean runs over the other
 tasks), and such task-steps are counted in ``epoch_diagnostics`` as ``negative_losses``.
+
+Implements: Chennupati et al., CVPR Workshops 2019, the geometric loss strategy L = (prod_t
+L_t)^(1/T).
+
+Deviates from the authors' code: not compared with the authors' code (we know of no public
+release); against LibMTL's GLS.py (median-research-group/LibMTL): the same loss, computed in log
+space; the reported weights are the exact derivative L_GLS / (T L_t) (LibMTL logs L_t / (T prod
+L)); the guard log(L_t + 1e-8) and the negative-loss rule (above) are ours.
 """
 
 from __future__ import annotations

@@ -42,6 +42,15 @@ two agree up to ε.
 GradDrop defines no task weights (each coordinate keeps a different subset of tasks); the
 heads get the plain sum of their losses (lingvo and `002`: GradDrop only changes the
 gradient flowing into the shared part).
+
+Implements: Chen et al., NeurIPS 2020 (GradDrop), eq. 1 and Algorithm 1, with the keep function
+and norm rescaling of the authors' lingvo layer.
+
+Deviates from the authors' code: against lingvo (tensorflow/lingvo, lingvo/core/graddrop.py) and
+the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/graddrop.py): no input-sign
+correction and a mask per (sample, feature) coordinate at grad_level=feature, P = ½ exactly
+where Σ|g| = 0, the strict test U < f(P), the norm factor ||Σ g|| / ||out|| (lingvo's is
+inverted), and ``p`` dropped (all above).
 """
 
 from __future__ import annotations

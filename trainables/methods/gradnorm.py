@@ -29,6 +29,14 @@ as ``invalid_ratios``. A plain SGD step can push a weight below 0, which the pap
 renormalization does not prevent: weights are raised to 0 before renormalizing (a task at
 0 regains weight at the next step, since its G_W is then below target), counted as
 ``clamped_weights``. ``grad_loss`` is the epoch's mean L_grad.
+
+Implements: Chen et al., ICML 2018, eq. 2 and Algorithm 1.
+
+Deviates from the authors' code: not compared with the authors' code (we know of no public
+release); against LibMTL's GradNorm.py (median-research-group/LibMTL): G_W is the norm of the
+whole shared gradient (or of the representation's), not of the last shared layer's; the heads
+get the weighted losses (LibMTL the plain sum); the weight step uses the closed-form gradient of
+L_grad, and negative weights and ratios are raised to 0 (above).
 """
 
 from __future__ import annotations

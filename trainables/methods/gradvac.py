@@ -31,6 +31,13 @@ Every g_i' is a linear combination of the original gradients, so the loop runs o
 Gramian in float64 and the direction is (1ᵀC) G. GradVac defines no task weights; the heads
 get the plain sum of their losses (LibMTL). The targets φ̂ (T x T, float64) are a buffer;
 the random orders come from the method's seeded generator (see ``pcgrad``).
+
+Implements: Wang et al., ICLR 2021, eqs. 2-3 and Algorithm 1.
+
+Deviates from the authors' code: not compared with the authors' code (we know of no public
+release); against LibMTL's GradVac.py (median-research-group/LibMTL): β defaults to the paper's
+1e-2 (LibMTL 0.5), the EMA updates at every visit (LibMTL only when adjusting), and only the
+whole-model group.
 """
 
 from __future__ import annotations

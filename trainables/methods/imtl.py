@@ -33,6 +33,15 @@ Corrections to the `002` code: it solves (D Uᵀ) a = U g_1 (the transpose of th
 the same only for T = 2) and always adds a 1e-6 ridge; we follow the paper (and LibMTL), which
 gives equal projections for any T. The `002` authors run IMTL-G on the representation gradients
 (``ub=True`` by default): use ``grad_level=feature`` to match them.
+
+Implements: Liu et al., ICLR 2021 (IMTL), IMTL-G (the closed form alpha = g_1 Uᵀ (D Uᵀ)^-1) and
+the hybrid IMTL (IMTL-L's e^s L - s, then IMTL-G).
+
+Deviates from the authors' code: not compared with the authors' code (we know of no public
+release); against the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/imtl.py) we solve
+the paper's system, not its transpose, without the 1e-6 ridge, at the configured grad_level (it
+runs on the representation gradients); with LibMTL's IMTL.py (median-research-group/LibMTL) none
+known; a singular system falls back to least squares.
 """
 
 from __future__ import annotations

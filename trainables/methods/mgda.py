@@ -35,6 +35,15 @@ MGDA-UB (Sec. 3.3) solves the same problem on the gradients w.r.t. the shared re
 (Theorem 1: an upper bound that needs one backward pass). In our trainer that is
 ``grad_level=feature``: ``MGDAUB.forced_grad_level = "feature"`` makes the trainer run it there
 whatever the configured level.
+
+Implements: Sener & Koltun, NeurIPS 2018, MGDA: eq. 3 and Algorithms 1-2; MGDA-UB: §3.3 and
+Theorem 1.
+
+Deviates from the authors' code: against isl-org/MultiObjectiveOptimization and the `002` copy
+(Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/mgda.py, min_norm.py): the min-norm problem is
+solved exactly for T >= 3 by default (their iterations are ``solver="pgd"`` / ``"fw"``); a
+negative loss leaves its gradient unnormalized where the reference divides by it; the heads get
+the plain sum, as in the `002` code (Sener & Koltun's own script gives them alpha).
 """
 
 from __future__ import annotations

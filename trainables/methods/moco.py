@@ -37,6 +37,14 @@ coordinates of a representation gradient are (position in the batch, feature), s
 the gradients of different samples that occupy the same batch position. A batch of another
 size (the last, smaller batch of an epoch) cannot be tracked coordinate-wise: Y restarts at
 that step's gradients (as if β_t = 1), counted as ``tracking_restarts``.
+
+Implements: Fernando et al., ICLR 2023 (MoCo), Algorithm 1.
+
+Deviates from the authors' code: against heshandevaka/MoCo and LibMTL's MoCo.py
+(median-research-group/LibMTL): no projection of Y's rows on a bounded set (neither does
+theirs); defaults as in LibMTL but ``projection="simplex"`` and ``grad_norm="none"`` (the paper)
+where LibMTL uses the softmax and the loss-scaled gradients; |L_t| for a negative loss under
+``grad_norm="loss"``; it also runs at grad_level=feature, which LibMTL refuses (all above).
 """
 
 from __future__ import annotations

@@ -37,6 +37,15 @@ are alpha times the factor (direction = weightsᵀG). The task heads get alpha, 
 the reference (it back-propagates sum_t alpha_t L_t): ``heads_use_weights`` is off and
 ``extra_loss`` adds sum_t (alpha_t - 1) L_t to the trainer's plain sum. The mean clip factor and
 the mean of sum_t alpha_t are reported per epoch (``nash_clip_scale``, ``nash_alpha_sum``).
+
+Implements: Navon et al., ICML 2022 (Nash-MTL), the bargaining solution GᵀGα = 1/α with the
+official code's norm clipping.
+
+Deviates from the authors' code: against AvivNavon/nash-mtl (methods/weight_methods.py): damped
+Newton on a strictly convex objective instead of cvxpy/ECOS convex-concave steps (the same fixed
+point, accepted to the reference's 1e-3), the Gramian normalized by its diagonal instead of its
+Frobenius norm, and the clip factor applied to the returned direction at whichever gradient
+level the trainer uses (all above).
 """
 
 from __future__ import annotations

@@ -21,6 +21,13 @@ The random orders come from the method's own ``torch.Generator`` whose state is 
 so runs are reproducible (``seed``; -1 derives it from the run's torch seed, i.e. from the
 trainer's seed + run index) and checkpoints resume the same stream. The helpers for that
 generator are in ``trainables.methods.seeded``, shared by the randomized methods.
+
+Implements: Yu et al. 2020 (PCGrad), Algorithm 1.
+
+Deviates from the authors' code: none known in the direction (compared with the `002` copy,
+Gabriel-SGama/UnitScal_vs_SMTOs optimizers/pcgrad.py, and LibMTL's PCGrad.py): the surgery runs
+on the Gramian in float64 (the same arithmetic), j ≠ i only (LibMTL also visits j = i, a no-op),
+and the random orders come from the method's own seeded generator.
 """
 
 from __future__ import annotations

@@ -15,6 +15,14 @@ direction-level tests and for callers that already hold G.
 
 The samples come from the method's own generator, whose state is a buffer (``seed``; -1
 derives it from the run's torch seed), so runs are reproducible and resume exactly.
+
+Implements: Lin et al., TMLR 2022, random gradient weighting (RGW): w = softmax(λ̃), λ̃ ~ N(0,
+I).
+
+Deviates from the authors' code: none known against LibMTL's RGW.py
+(median-research-group/LibMTL, by the paper's authors): the same weights on the shared gradients
+and the plain sum for the heads; the weights come from the method's own seeded generator, and
+one backward of sum_t w_t L_t replaces the per-task backward passes (the same direction).
 """
 
 from __future__ import annotations

@@ -15,6 +15,15 @@ keeps the sum at 1, a global learning-rate factor.)
 The samples come from torch's global CPU generator, which the trainer seeds and checkpoints,
 so runs are reproducible and independent of the device; the `002` code draws the Dirichlet
 gammas from Python's ``random`` instead, the same distribution.
+
+Implements: Lin et al., TMLR 2022, random loss weighting with the normal distribution + softmax
+(``rlw_normal``) and with Dirichlet(1) (``rlw_dirichlet``).
+
+Deviates from the authors' code: against the `002` copy of the authors' release
+(Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/rlw.py) none in the distributions or the rescaling
+to sum T; the samples come from torch's seeded generator instead of Python's ``random``
+(Dirichlet). LibMTL's RLW.py (median-research-group/LibMTL, by the same group) keeps the sum at
+1, a global learning-rate factor T.
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@ RotoGrad works on the representation (``grad_level`` is forced to "feature"); th
 the plain sum of their losses (the package's ``normalize_losses=False`` default). A
 representation with more than two dimensions is flattened per sample; only ``feature_size``
 leading features are rotated then (required when the flattened size exceeds 4096).
+
+Implements: Javaloy & Valera, ICLR 2022 (RotoGrad: rotations, and the gradient homogenization of
+eq. 5).
+
+Deviates from the authors' code: against adrianjav/rotograd: R_k = expm(A_k - A_kᵀ) stepped by
+the method's own Adam (the package parametrizes R_k through geotorch); the rotations' learning
+rate is ``aux_lr_scale`` x lr (`002` A.6); representations of more than two dimensions are
+flattened per sample and only ``feature_size`` leading features are rotated (above).
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ Deviations, each for a reason:
   exactly 0 stays finite (weight 1e8). A negative loss (the CAGrad toy's objectives go
   below 0) has no logarithm: that task is left out of the step (weight 0), and such
   task-steps are counted in ``epoch_diagnostics`` as ``negative_losses``.
+
+Implements: Navon et al., ICML 2022 (Nash-MTL), its SI baseline: minimize sum_t log L_t.
+
+Deviates from the authors' code: against AvivNavon/nash-mtl (methods/weight_methods.py,
+ScaleInvariantLinearScalarization) only the guard log(L_t + 1e-8) and the negative-loss rule
+(above); against the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/scale_inv.py) also
+its 1/T factor and its reported weights (above).
 """
 
 from __future__ import annotations

@@ -2,6 +2,13 @@
 
 The other heads still run forward (they share the encoder input) but get weight 0, so
 they receive no gradient and the encoder learns only the chosen task.
+
+Implements: `002` eq. 1 (the single-task references of Δm).
+
+Deviates from the authors' code: the `002` authors (Gabriel-SGama/UnitScal_vs_SMTOs,
+scripts/*/single_task_baseline_*.sh) train a model built with the one task only; here the model
+keeps every head and the others get weight 0, so they receive no gradient and the shared part
+gets the same update, at the cost of the other heads' forward passes.
 """
 
 from __future__ import annotations

@@ -8,6 +8,14 @@ network. From the paper's likelihoods (eqs. 7 and 10 and their L1 analogue):
 * Laplace (L1 regression):    L_t / sigma + log sigma        =  exp(-eta) L_t + eta
 
 as in the `002` authors' implementation. The weights applied are the factors of L_t.
+
+Implements: Kendall et al. (Kendall, Gal & Cipolla, CVPR 2018), eqs. 7-10 and their L1 (Laplace)
+analogue.
+
+Deviates from the authors' code: not compared with Kendall et al.'s code (we know of no public
+release); against the `002` copy (Gabriel-SGama/UnitScal_vs_SMTOs, optimizers/uw.py) none known:
+the same three forms, chosen there by task name (CL/CR/S softmax, RL/RR/QM9 Gaussian, D/I
+Laplace) and here by ``TaskSpec.likelihood``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ is sg[L_t] + 1e-8, so a loss of exactly 0 gets the large but finite weight 1e8. 
 derivation needs sigma_t = L_t > 0; a task whose loss is negative (the CAGrad toy's
 objectives go below 0) is outside it and gets weight 0 that step. Such steps are counted in
 ``epoch_diagnostics`` as ``negative_losses`` (task-steps per epoch) rather than hidden.
+
+Implements: `003` §4.1.3, eq. 2 (App. A1.1, eqs. 7-13).
+
+Deviates from the authors' code: not compared with the authors' code (`003` publishes none for
+UW-O); the 1e-8 guard and the negative-loss rule (above) are ours.
 """
 
 from __future__ import annotations

@@ -36,9 +36,8 @@ def _cells(line: str) -> list[str]:
 def reference_short_names(text: str) -> set[str]:
     """The first-column cells of every table body in references.md (headers left out)."""
     names: set[str] = set()
-    lines = text.splitlines()
     in_body = False
-    for i, line in enumerate(lines):
+    for line in text.splitlines():
         if not line.strip().startswith("|"):
             in_body = False
             continue

@@ -8,7 +8,7 @@ The training loss adds a penalty on the squared cosine similarity of the task gr
 (normalized over the T(T-1) ordered pairs as the public implementation does,
 ``((C**2).sum() - T) / (T² - T)`` of the cosine matrix C). The update is sum_t g_t +
 lambda grad_theta P, and grad_theta P contains the Hessian-vector products of every task loss:
-the trainer builds the per-task gradients with their graph (``needs_gradient_graph``) and
+the trainer builds the per-task gradients with their graph (it declares ``PenalizesGradients``) and
 back-propagates ``gradient_penalty(G)`` through the heads and the encoder (a double backward,
 as the reference does with ``create_graph=True``). At ``grad_level=feature`` the penalty is
 on the gradients with respect to the shared representation instead (`004`'s surrogate).

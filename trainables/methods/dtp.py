@@ -10,7 +10,7 @@ kappa_t in [0, 1] (§3, task-level prioritization; focal loss of Lin et al. 2017
 so a task with a low KPI (hard, "not yet learned") gets a high weight, and gamma (the focusing
 parameter) sharpens the preference.
 
-KPIs: the method sets ``needs_kpis``, so the trainer passes each step's batch KPI per task
+KPIs: the method declares ``ObservesKPIs``, so the trainer passes each step's batch KPI per task
 (``Problem.kpi``: e.g. batch accuracy of Multi-MNIST's classification tasks) before
 ``combine``. They are smoothed by the paper's moving average above, with the same ``alpha``
 (weight of the newest value), starting at the first observed KPI and including the current

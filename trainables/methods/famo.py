@@ -11,7 +11,7 @@ The method keeps task logits xi (T,), with weights z = softmax(xi), and each ste
   applied, which sum to 1. L_t* is the lower bound of the loss (``min_losses`` in the code,
   0 by default; the official toy run sets it to -21);
 * after the optimizer step the same batch is re-evaluated without gradients (the trainer
-  does this because ``needs_post_step_losses``) and
+  does this because it declares ``ActsAfterStep``) and
       delta = log D(before) - log D(after),    g = J_softmax(xi)ᵀ delta = z * (delta - z·delta),
   and xi takes one Adam step on g with learning rate ``w_lr`` (0.025) and L2 weight decay
   ``gamma`` (torch.optim.Adam(weight_decay=gamma), the paper's regularizer gamma xi).

@@ -150,7 +150,7 @@ def load_trainer(client: MlflowClient, record: RunRecord, data_dir: str | None, 
     if record.data_source and used != record.data_source:
         raise ConfigError(f"run {record.run_id} trained on {record.data_source} data, here {used} would be used "
                           "(pass --data-dir)")
-    trainer = Trainer(problem, config, data)
+    trainer = Trainer(problem.resolved(data, options), config, data)
     # one small file per run: MLflow's progress bars would only clutter the command's output
     os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
     with tempfile.TemporaryDirectory() as tmp:

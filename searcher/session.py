@@ -33,7 +33,8 @@ def open_session(
     data_dir: str | None,
     max_epochs: int | None,
 ) -> Session:
-    """Resolve the space, methods and ``--param`` values; prepare the data on the driver."""
+    """Resolve the space, methods and ``--param`` values; prepare the data on the driver and
+    resolve the problem against it (its tasks and references are then fixed)."""
     space = get_space(space_name)
     space_file = None if space_name == space.name else os.path.abspath(os.path.expanduser(space_name))
     methods = list(methods or space.default_methods)
@@ -43,7 +44,9 @@ def open_session(
     fixed = to_config(parse_pairs(params), methods, {**problem.defaults, **space.constants})
     for method in methods:
         check_config(problem, space, method, fixed)
-    data = problem.prepare(data_dir, {**problem.defaults, **space.constants, **fixed})
+    prepared = {**problem.defaults, **space.constants, **fixed}
+    data = problem.prepare(data_dir, prepared)
+    problem = problem.resolved(data, prepared)  # what every trial builds too (RunSettings.problem_for)
     settings = RunSettings(
         problem=space.problem,
         problem_options=dict(space.problem_options),

@@ -275,6 +275,7 @@ def test_splits_are_fixed_and_disjoint(tmp_path):
     data = problem.prepare(str(root), problem.defaults)
     assert data["layout"] == "official"
     config = {**problem.defaults, "height": 8, "width": 16, "num_workers": 0, "batch_size": 2}
+    problem = problem.resolved(data, config)
     splits = problem.load(data, config, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert splits.sizes == {"train": 3, "val": 2, "test": 2}
     assert "test = official val" in splits.source
@@ -315,11 +316,12 @@ def test_npy_layout_samples_and_split(tmp_path):
     data = problem.prepare(str(root), problem.defaults)
     assert data["layout"] == "npy"
     config = {**problem.defaults, "height": 16, "width": 32, "num_workers": 0, "batch_size": 2}
-    splits = problem.load(data, config, torch.Generator().manual_seed(0), torch.device("cpu"))
+    splits = problem.resolved(data, config).load(data, config, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert splits.sizes == {"train": 3, "val": 2, "test": 2}
     assert "test = npy val" in splits.source
+    larger = {**config, "height": 32, "width": 64}
     with pytest.raises(ConfigError, match="official layout"):
-        problem.load(data, {**config, "height": 32, "width": 64}, torch.Generator(), torch.device("cpu"))
+        problem.resolved(data, larger).load(data, larger, torch.Generator(), torch.device("cpu"))
     # configurations with instances refuse the npy layout in one line
     inst = build_problem("cityscapes", {"variant": "inst"})
     with pytest.raises(ConfigError, match="instance"):

@@ -20,10 +20,12 @@ What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by dec
   its capability would never be called); state_dict -> a fresh instance -> load_state_dict gives the same next output;
   3 epochs of the toy problem with a fixed seed are finite, and a resume from the checkpoint
   after epoch 1 gives epochs 2-3 exactly as the uninterrupted run;
-* every problem: the same task names, metrics and metric directions before and after ``load``
-  (and the same nominal references unless listed in ``REFERENCES_SET_BY_LOAD``), a declared
-  direction for every metric, finite losses and metrics on a tiny batch of data written here in
-  the problem's real on-disk format (``TINY_DATA``; a problem without a recipe is skipped there).
+* every problem, built as the driver builds it (``prepare``, then ``resolved``): the same tasks
+  (names, metrics with their directions, scales and units, nominal references, likelihoods) on
+  the driver, in a trial of the same config (``RunSettings.problem_for``) and after ``load``
+  (issue 15: problems are immutable once built), a declared direction for every metric, finite
+  losses and metrics on a tiny batch of data written here in the problem's real on-disk format
+  (``TINY_DATA``; a problem without a recipe is skipped there).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from trainables.methods.capabilities import ActsAfterStep, ObservesKPIs, Represe
 from trainables.metrics import MetricSpec
 from trainables.problems import PROBLEMS, Problem, build_problem
 from trainables.trainer import Trainer
+from trainables.trial import RunSettings
 
 D64 = torch.float64
 
@@ -60,14 +63,6 @@ DIRECTION_NOT_WTG = {
 #: Loss weightings whose total is not Σ_t w_t L_t to first order (∂total/∂L_t != w_t), by design.
 #: None today: UW, SI, GLS, ... return as weights exactly ∂total/∂L_t.
 TOTAL_NOT_WEIGHTED_SUM: dict[str, str] = {}
-
-#: Problems whose tasks' nominal references change when ``load`` runs. Issue 15 ("Problems are
-#: immutable") removes this; until then the names, metrics and directions are still the same.
-REFERENCES_SET_BY_LOAD = {
-    # load() reads the layout (npy: MTAN's depth references; official: disparity, scaled with the
-    # width) and the width (the disparity and instance references scale with it).
-    "cityscapes": "the disparity and instance references follow the loaded layout and width",
-}
 
 
 def method_params(name: str, n_tasks: int) -> dict[str, Any]:
@@ -307,7 +302,6 @@ def test_the_listed_exceptions_are_registered_methods_of_their_kind():
         assert issubclass(METHODS.get(name), GradientAggregator) and METHODS.get(name).defines_weights
     for name in TOTAL_NOT_WEIGHTED_SUM:
         assert issubclass(METHODS.get(name), LossWeighting)
-    assert set(REFERENCES_SET_BY_LOAD) <= set(PROBLEMS.names())
 
 
 class HalfSecond(LossWeighting):
@@ -440,8 +434,15 @@ TINY_DATA: dict[str, Callable[[Path], tuple[dict, dict]]] = {
 }
 
 
-def task_contract(problem: Problem) -> list[tuple[str, tuple[tuple[str, bool], ...]]]:
-    """Task names with their metrics and directions, in order."""
+def task_contract(problem: Problem) -> list[tuple[Any, ...]]:
+    """Everything of the tasks that the driver and the trials must agree on, in order: name,
+    metrics with their directions, scales and units, nominal references, likelihood."""
+    return [(t.name, tuple((m.name, m.higher_is_better, m.scale, m.unit) for m in t.metrics), dict(t.reference),
+             t.likelihood) for t in problem.tasks]
+
+
+def names_and_metrics(problem: Problem) -> list[tuple[str, tuple[tuple[str, bool], ...]]]:
+    """Task names with their metrics and directions, in order (what resolving never changes)."""
     return [(t.name, tuple((m.name, m.higher_is_better) for m in t.metrics)) for t in problem.tasks]
 
 
@@ -460,28 +461,33 @@ def check_metric_directions(problem: Problem) -> None:
 
 
 def check_problem_on_tiny_data(name: str, root: Path) -> None:
-    """Same tasks before and after loading; finite losses and metrics on a tiny batch."""
+    """Built as the driver builds it, the problem has the same tasks in a trial of the same
+    config and after loading; finite losses and metrics on a tiny batch."""
     options, config = TINY_DATA[name](root)
-    problem = build_problem(name, options)
+    built = build_problem(name, options)
+    check_metric_directions(built)
+    full = {**built.defaults, **config}
+    data = built.prepare(str(root), full)
+    problem = built.resolved(data, full)  # the driver's problem (searcher.session.open_session)
     before = task_contract(problem)
-    references = [dict(t.reference) for t in problem.tasks]
-    check_metric_directions(problem)
-    full = {**problem.defaults, **config}
-    data = problem.prepare(str(root), full)
-    trainer = Trainer(problem, {"method": "ew", "seed": 0, **config}, data)
-    assert task_contract(problem) == before, f"{name}: the tasks changed when the data was loaded"
-    if name not in REFERENCES_SET_BY_LOAD:
-        assert [dict(t.reference) for t in problem.tasks] == references, f"{name}: load() changed the references"
+    assert names_and_metrics(problem) == names_and_metrics(built), f"{name}: resolving changed the tasks' metrics"
+    run = {"method": "ew", "seed": 0, **config}
+    trial_problem = RunSettings(name, options, data).problem_for(run)  # what a trial trains on
+    assert task_contract(trial_problem) == before, f"{name}: the driver and a trial see different tasks"
+    trainer = Trainer(trial_problem, run, data)
+    assert task_contract(trial_problem) == before, f"{name}: the tasks changed when the data was loaded"
+    trial_problem.tasks.clear()  # the list handed out is the caller's, never the problem's own
+    assert task_contract(trial_problem) == before, f"{name}: clearing the returned list of tasks changed the problem"
     trainer.model.train()
     inputs, targets = trainer.to_device(next(iter(trainer.splits.train)))
     losses, weights = trainer.train_step(inputs, targets)
     assert losses.shape == (len(before),) and torch.isfinite(losses).all(), f"{name}: losses {losses.tolist()}"
     val = trainer.evaluate("val")
-    assert set(val) == {t for t, _ in before}
-    for task, metrics in before:
-        assert set(val[task]) == {m for m, _ in metrics}
+    assert set(val) == {t[0] for t in before}
+    for task, metrics, _, _ in before:
+        assert set(val[task]) == {m[0] for m in metrics}
         assert all(math.isfinite(v) for v in val[task].values()), f"{name}: {task} metrics {val[task]}"
-    assert math.isfinite(problem.score(val, problem.task_names))
+    assert math.isfinite(trial_problem.score(val, trial_problem.task_names))
 
 
 @pytest.mark.parametrize("name", PROBLEMS.names())

@@ -34,6 +34,11 @@ class RunSettings:
     max_epochs: int = 10
     checkpoint_every: int = 1
 
+    def problem_for(self, config: Mapping[str, Any]) -> Problem:
+        """The problem one run of ``config`` trains on: built from the launch's options and
+        resolved against its prepared ``data`` (``Problem.resolved``), as the driver's own."""
+        return build_problem(self.problem, self.problem_options).resolved(self.data, config)
+
 
 def diverged_record(trainer: Trainer, problem: Problem, err: DivergedError) -> dict[str, Any]:
     """The last record of a run that diverged: its best valid epoch so far, or, with none, the
@@ -61,7 +66,7 @@ def run_trial(
     ``trainer``: one already built for ``config`` (``searcher train`` builds it before it
     creates the run, so that a configuration that cannot be built leaves no run behind)."""
     if trainer is None:
-        trainer = Trainer(build_problem(settings.problem, settings.problem_options), config, settings.data)
+        trainer = Trainer(settings.problem_for(config), config, settings.data)
     problem = trainer.problem
     if state is not None:
         trainer.load_state_dict(state)

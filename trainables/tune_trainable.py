@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import torch
 from ray import tune
 
-from trainables.problems import build_problem
 from trainables.trainer import Trainer
 from trainables.trial import RunSettings, run_trial
 
@@ -74,7 +73,7 @@ def train_trial(config: dict[str, Any], settings: RunSettings) -> None:
     events = list(saved.get("events", []))
     pending: str | None = None
     if state is not None:
-        trainer = Trainer(build_problem(settings.problem, settings.problem_options), config, settings.data)
+        trainer = Trainer(settings.problem_for(config), config, settings.data)
         trainer.load_state_dict(state)
         if saved.get("lr"):
             rescale_lr(trainer, float(trainer.config["lr"]) / float(saved["lr"]))

@@ -4,6 +4,13 @@ The trainer talks to a problem only through this interface, so it knows nothing 
 dataset. A problem is built from its configuration (e.g. the Multi-MNIST variant); data is
 resolved once on the driver (``prepare``: check paths, download if allowed) and loaded in
 every trial (``load``: never downloads).
+
+A problem is immutable once built (issue 15): its tasks, metrics and nominal references are
+fixed in the constructor and ``load`` changes none of them. What they depend on in the data
+or the run's config (Cityscapes' layout and width) is resolved before: ``resolved(data,
+config)`` returns the fully determined problem, which the driver (``searcher.session``) and
+every trial (``RunSettings.problem_for``) build the same way from the same prepared data, so
+both see the same tasks and references.
 """
 
 from __future__ import annotations
@@ -93,6 +100,13 @@ class Problem(ABC):
     def prepare(self, data_dir: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
         """Resolve the data once, on the driver. Returns settings passed on to ``load``."""
         return {}
+
+    def resolved(self, data: Mapping[str, Any], config: Mapping[str, Any]) -> Problem:
+        """The problem fully determined by ``prepare``'s ``data`` and a run's ``config``: a new
+        instance where its tasks depend on them, else ``self`` (the default: tasks fixed by the
+        constructor's options alone). ``load`` accepts only data and config it was resolved
+        for, so that a trial never scores with tasks the driver did not see."""
+        return self
 
     def source_option(self, source: str) -> dict[str, str]:
         """The option (``{KEY: VALUE}``, a ``--param``) that makes ``prepare`` pick the data source

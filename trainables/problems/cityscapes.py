@@ -485,13 +485,18 @@ class Cityscapes(Problem):
     description = "Cityscapes: semantic segmentation (7 or 19 classes), disparity, instance offsets (`002` §3.3)"
     pixel_stats = (IMAGENET_MEAN, IMAGENET_STD)  # loaded ImageNet-standardised (normalize_image)
 
-    def __init__(self, variant: str = "r50") -> None:
+    def __init__(self, variant: str = "r50", *, layout: str = "official", width: int | None = None) -> None:
+        """``layout`` and ``width`` (default: the variant's) are those of the data the run
+        trains on, which the nominal references follow; ``resolved`` sets them from the
+        prepared data and the run's config (``--param layout`` / ``width`` choose them)."""
         if variant not in VARIANTS:
             raise ConfigError(f"unknown Cityscapes variant {variant!r} (known: {', '.join(VARIANTS)})")
+        if layout not in ("official", "npy"):
+            raise ConfigError(f"unknown Cityscapes layout {layout!r} (official or npy)")
         self.variant = variant
         self.spec = VARIANTS[variant]
-        self.layout = "official"  # set by load(); picks the nominal references
-        self.width = self.spec.width
+        self._layout = layout
+        self._width = self.size({"width": self.spec.width if width is None else width})[1]
         self.defaults = {
             "batch_size": 32,
             "lr_decay": 0.95,
@@ -507,9 +512,22 @@ class Cityscapes(Problem):
             "val_fraction": 0.2,
             "split_seed": 0,
         }
+        self._tasks = self._task_specs()
 
     @property
-    def tasks(self) -> list[TaskSpec]:
+    def layout(self) -> str:
+        """The data layout the references are for (official or npy)."""
+        return self._layout
+
+    @property
+    def width(self) -> int:
+        """The input width the references are for (disparity and offsets are in its pixels)."""
+        return self._width
+
+    def _task_specs(self) -> tuple[TaskSpec, ...]:
+        """The tasks of the variant with the references of ``layout`` at ``width``: npy depth
+        as MTAN's (the same at every resolution), official disparity and instance offsets
+        scaled from 256 px to ``width`` (both in pixels of the resized frame)."""
         k = self.spec.num_classes
         scale = self.width / 256.0
         if self.layout == "npy":
@@ -519,7 +537,8 @@ class Cityscapes(Problem):
                              "rel_err": _OFFICIAL_DISPARITY_REFERENCE_256["rel_err"]}
         specs = {
             SEGMENTATION: TaskSpec(
-                SEGMENTATION, (dm.pixel_accuracy_metric(IGNORE), dm.miou_metric(k, IGNORE)), _SEG_REFERENCE[k], "softmax"
+                SEGMENTATION, (dm.pixel_accuracy_metric(IGNORE), dm.miou_metric(k, IGNORE)), dict(_SEG_REFERENCE[k]),
+                "softmax"
             ),
             DISPARITY: TaskSpec(
                 DISPARITY, (dm.abs_error_metric(dm.positive), dm.rel_error_metric(dm.positive)), disparity_ref, "laplace"
@@ -528,7 +547,20 @@ class Cityscapes(Problem):
                 INSTANCE, (dm.l1_metric(dm.finite),), {"l1": _INSTANCE_REFERENCE_256["l1"] * scale}, "laplace"
             ),
         }
-        return [specs[t] for t in self.spec.tasks]
+        return tuple(specs[t] for t in self.spec.tasks)
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        return list(self._tasks)
+
+    def resolved(self, data: Mapping[str, Any], config: Mapping[str, Any]) -> Cityscapes:
+        """This variant for the layout ``prepare`` found (``data["layout"]``; the
+        constructor's without one) at the width of ``config`` (over the defaults)."""
+        layout = str(data.get("layout", self.layout))
+        width = self.size({**self.defaults, **config})[1]
+        if (layout, width) == (self.layout, self.width):
+            return self
+        return Cityscapes(self.variant, layout=layout, width=width)
 
     def size(self, config: Mapping[str, Any]) -> tuple[int, int]:
         try:
@@ -627,8 +659,12 @@ class Cityscapes(Problem):
     def load(
         self, data: Mapping[str, Any], config: Mapping[str, Any], generator: torch.Generator, device: torch.device
     ) -> Splits:
-        self.layout = str(data["layout"])
-        self.width = self.size(config)[1]
+        layout, width = str(data["layout"]), self.size(config)[1]
+        if (layout, width) != (self.layout, self.width):
+            raise ConfigError(
+                f"this cityscapes problem was built for {self.layout} data {self.width} px wide, not {layout} data "
+                f"{width} px wide: build it with problem.resolved(data, config), as the driver does"
+            )
         sets, source = self._datasets(data, config)
         batch_size = int(config.get("batch_size", 32))
         workers = int(config.get("num_workers", 2))

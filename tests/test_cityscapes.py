@@ -425,6 +425,82 @@ def test_spaces_follow_002():
     }
 
 
+# ----------------------------------------------------------------------------- references (issue 15)
+
+
+def references(problem) -> dict[str, dict[str, float]]:
+    return {t.name: dict(t.reference) for t in problem.tasks}
+
+
+#: The nominal references as they were before issue 15 (read off the problem after ``load``): npy
+#: has MTAN's depth references at every width; official disparity (0.4 px at 256 px) and instance
+#: offsets (2.5 px at 256 px) scale with the width, 0.4 x 16 / 256 = 0.025 and 2.5 x 16 / 256 = 0.15625.
+NPY_R18 = {SEGMENTATION: {"miou": 0.74, "pixel_acc": 0.93}, DISPARITY: {"abs_err": 0.0125, "rel_err": 0.28}}
+OFFICIAL_19C_16 = {SEGMENTATION: {"miou": 0.45, "pixel_acc": 0.88}, DISPARITY: {"abs_err": 0.025, "rel_err": 0.2},
+                   INSTANCE: {"l1": 0.15625}}
+
+
+def test_references_are_fixed_when_built_and_load_refuses_other_data(tmp_path):
+    """The layout and width the references follow are resolved before the problem is built
+    (``resolved``), with the values ``load`` used to set; nothing changes them afterwards."""
+    r18 = build_problem("cityscapes", {"variant": "r18"})
+    # unresolved: the official layout at the variant's width (256 px: the 256-px references as they are)
+    assert references(r18)[DISPARITY] == {"abs_err": 0.4, "rel_err": 0.2}
+    assert references(build_problem("cityscapes", {"variant": "19c"}))[INSTANCE] == {"l1": 5.0}  # 2.5 x 512 / 256
+    npy_root, official_root = write_npy(tmp_path / "npy"), write_official(tmp_path / "city")
+    npy_data = r18.prepare(str(npy_root), r18.defaults)
+    for width in (32, 16):  # MTAN's depth references do not scale with the width
+        config = {**r18.defaults, "height": 8, "width": width}
+        assert references(r18.resolved(npy_data, config)) == NPY_R18
+    assert references(r18)[DISPARITY] == {"abs_err": 0.4, "rel_err": 0.2}  # resolving built another problem
+    c19 = build_problem("cityscapes", {"variant": "19c"})
+    official = c19.prepare(str(official_root), c19.defaults)
+    config = {**c19.defaults, "height": 8, "width": 16, "num_workers": 0, "batch_size": 2}
+    problem = c19.resolved(official, config)
+    assert references(problem) == OFFICIAL_19C_16
+    assert references(c19.resolved(official, {"width": 32}))[INSTANCE] == {"l1": 0.3125}  # a config over the defaults
+    assert problem.resolved(official, config) is problem  # already determined by this data and config
+    with pytest.raises(AttributeError):
+        problem.layout = "npy"
+    problem.load(official, config, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert references(problem) == OFFICIAL_19C_16 and (problem.layout, problem.width) == ("official", 16)
+    # a problem resolved for other data or another width refuses to load rather than score with references no
+    # driver saw
+    with pytest.raises(ConfigError, match=r"built for official data 16 px wide, not official data 32 px wide"):
+        problem.load(official, {**config, "width": 32}, torch.Generator(), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"built for official data 256 px wide, not npy data 32 px.*resolved"):
+        r18.load(npy_data, {**r18.defaults, "height": 8, "width": 32}, torch.Generator(), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="unknown Cityscapes layout 'auto'"):
+        build_problem("cityscapes", {"variant": "r18", "layout": "auto"})
+
+
+@pytest.mark.parametrize("layout", ["npy", "official"])
+def test_the_driver_and_a_trial_see_the_same_tasks(tmp_path, layout):
+    """A session's problem (the driver's: tasks of the search, NSGA-II's objectives) and the
+    problem a trial of the same config trains and scores with have the same references, those of
+    the resolved layout and width, before and after the trial's epoch."""
+    from searcher.session import open_session, run_config
+    from trainables.trial import run_trial
+
+    if layout == "npy":
+        root, space, expected = write_npy(tmp_path / "npy"), "cityscapes_r18", NPY_R18
+    else:
+        root, space, expected = write_official(tmp_path / "city"), "cityscapes_19c", OFFICIAL_19C_16
+    params = ["height=8", "width=16", "num_workers=0", "batch_size=2", "pretrained=false", "augment=false"]
+    session = open_session(space, ["ew"], params, str(root), 1)
+    assert session.settings.data["layout"] == layout
+    assert references(session.problem) == expected
+    config = run_config(session, "ew", seed=0)
+    assert references(session.settings.problem_for(config)) == expected
+    trained = []
+    last = run_trial(config, session.settings, lambda metrics, trainer: trained.append(trainer))
+    assert math.isfinite(last["best/val_score"])
+    (trainer,) = [t for t in trained if t is not None]
+    assert trainer.problem is not session.problem  # built in the trial, as on a Ray worker
+    assert references(trainer.problem) == references(session.problem) == expected
+    assert [t.likelihood for t in trainer.problem.tasks] == [t.likelihood for t in session.problem.tasks]
+
+
 # ----------------------------------------------------------------------------- command line
 
 

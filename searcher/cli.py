@@ -222,6 +222,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             "needs": cls.needs(),
             "core": core(cls).__name__,
             "capabilities": [c.__name__ for c in declared(cls)],
+            "properties": sorted(p.value for p in cls.properties),
             "defines_weights": cls.defines_weights,
             "summary": cls.summary,
             "paper": cls.paper,
@@ -241,6 +242,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         weights = "weights" if r["defines_weights"] else "no weights"
         print(f"{r['name']:<12} {r['kind']:<8} {weights:<10} {r['summary']}")
         print(f"{'':<12} needs: {r['needs']}")
+        if r["properties"]:
+            print(f"{'':<12} properties: {', '.join(r['properties'])}")
         for k, hp in r["hyperparameters"].items():
             searched = f", searched {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
             print(f"{'':<12} {k} ({hp['type']}, default {hp['default']!r}{searched}): {hp['help']}")
@@ -249,19 +252,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def methods_markdown(rows: list[dict[str, Any]]) -> str:
     """The README's table of methods from ``cmd_methods``' rows: what each method module declares
-    (kind, weights, capabilities, own hyperparameters with their searched ranges, paper), so the
+    (core, weights, capabilities, properties, own hyperparameters with their searched ranges, paper), so the
     README never drifts from the code (``tests/test_cli.py`` compares the two)."""
     from trainables.search_range import SearchRange
 
-    lines = ["| name | core | weights | capabilities | own hyperparameters: default (searched range) | reference |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| name | core | weights | capabilities | properties | own hyperparameters: default (searched range) "
+             "| reference |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         params = []
         for k, hp in r["hyperparameters"].items():
             searched = f"; {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
             params.append(f"{k}={hp['default']!r}" + (f" (searched {searched[2:]})" if searched else ""))
         cells = [f"`{r['name']}`", r["core"], "yes" if r["defines_weights"] else "no",
-                 ", ".join(r["capabilities"]) or "-", "; ".join(params) or "-", r["paper"]]
+                 ", ".join(r["capabilities"]) or "-", ", ".join(r["properties"]) or "-", "; ".join(params) or "-",
+                 r["paper"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -56,7 +56,7 @@ def test_readme_methods_table_is_the_registry(capsys):
 
     assert [row.split("|")[1].strip().strip("`") for row in rows] == METHODS.names()
     cagrad = next(row for row in rows if row.startswith("| `cagrad` |"))
-    assert "c=0.5 (searched uniform [0, 1]; grid 0.2, 0.5, 0.8)" in cagrad and "| GramianWeighting | yes |" in cagrad
+    assert "c=0.5 (searched uniform [0, 1]; grid 0.2, 0.5, 0.8)" in cagrad and "| GramianWeighting | yes | - | homogeneous, permutation_equivariant |" in cagrad
 
 
 @pytest.mark.parametrize(

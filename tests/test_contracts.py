@@ -17,7 +17,9 @@ What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by dec
   weights, and ∂total/∂L_t == w_t unless listed in ``TOTAL_NOT_WEIGHTED_SUM``; NaN losses never
   reach a method: the trainer raises ``DivergedError`` first (checked for every method);
 * every method: one kind, and exactly the capabilities it implements declared (a hook without
-  its capability would never be called); state_dict -> a fresh instance -> load_state_dict gives the same next output;
+  its capability would never be called); every property it declares (permutation equivariance,
+  homogeneity, task- or loss-scale invariance: ``trainables.methods.properties``) holding on
+  random inputs over two steps; state_dict -> a fresh instance -> load_state_dict gives the same next output;
   3 epochs of the toy problem with a fixed seed are finite, and a resume from the checkpoint
   after epoch 1 gives epochs 2-3 exactly as the uninterrupted run;
 * every problem, built as the driver builds it (``prepare``, then ``resolved``): the same tasks
@@ -42,6 +44,7 @@ from conftest import make_tasks
 from trainables.errors import DivergedError
 from trainables.methods import METHODS, GradientAggregator, LossWeighting, Method
 from trainables.methods.capabilities import ActsAfterStep, ObservesKPIs, RepresentsTasks, contract_breaches
+from trainables.methods.properties import Property
 from trainables.metrics import MetricSpec
 from trainables.problems import PROBLEMS, Problem, build_problem
 from trainables.trainer import Trainer
@@ -296,6 +299,66 @@ def test_capabilities_are_declared_and_implemented(name):
     check_capabilities(METHODS.get(name))
 
 
+def _effect(method: Method, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step's effect on the model: the direction of a gradient aggregator, ∂total/∂L of a
+    loss weighting; and the weights (or None). The trainer's hooks run around it."""
+    _before(method, grads.shape[1], losses)
+    if isinstance(method, GradientAggregator):
+        out, weights = method.aggregate(grads.clone(), losses.clone())
+    else:
+        leaf = losses.clone().requires_grad_(True)
+        total, weights = method.combine(leaf)
+        (out,) = torch.autograd.grad(total, leaf)
+    _after(method, losses)
+    return out.detach(), None if weights is None else weights.detach()
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6 * scale, msg=lambda m: f"{what}: {m}")
+
+
+def check_properties(cls: type[Method]) -> None:
+    """Every property the method declares (``trainables.methods.properties``) holds on random
+    inputs, T = 2 and 3, along two successive steps of fresh instances (its state keeps it too)."""
+    for prop in cls.properties:
+        assert cls.kind in prop.kinds, f"{cls.name}: {prop.value} is not defined for a {cls.kind} method"
+    for n_tasks, seed in [(2, 0), (3, 1), (3, 2)]:
+        g = torch.Generator().manual_seed(seed)
+        steps = [(torch.randn(n_tasks, 6, generator=g, dtype=D64), torch.rand(n_tasks, generator=g, dtype=D64) + 0.2)
+                 for _ in range(2)]
+        perm = torch.roll(torch.arange(n_tasks), 1)
+        c = torch.tensor([0.5, 3.0, 10.0], dtype=D64)[:n_tasks]
+        base = build(cls, n_tasks)
+        reference = [_effect(base, grads, losses) for grads, losses in steps]
+        transforms = {
+            Property.PERMUTATION_EQUIVARIANT: lambda grads, losses: (grads[perm], losses[perm]),
+            Property.HOMOGENEOUS: lambda grads, losses: (3.0 * grads, losses),
+            Property.TASK_SCALE_INVARIANT: lambda grads, losses: (c[:, None] * grads, c * losses),
+            Property.LOSS_SCALE_INVARIANT: lambda grads, losses: (grads, c * losses),
+        }
+        for prop in sorted(cls.properties):
+            other = build(cls, n_tasks)
+            for step, ((grads, losses), (out, weights)) in enumerate(zip(steps, reference)):
+                got, got_weights = _effect(other, *transforms[prop](grads, losses))
+                what = f"{cls.name}, {prop.value}, T={n_tasks}, step {step + 1}"
+                if prop is Property.PERMUTATION_EQUIVARIANT:
+                    _close(got, out if isinstance(other, GradientAggregator) else out[perm], what)
+                    if weights is not None:
+                        _close(got_weights, weights[perm], what + " (weights)")
+                elif prop is Property.HOMOGENEOUS:
+                    _close(got, 3.0 * out, what)
+                elif prop is Property.TASK_SCALE_INVARIANT:
+                    _close(got, out, what)
+                else:
+                    _close(c * got, out, what)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_declared_properties_hold(name):
+    check_properties(METHODS.get(name))
+
+
 def test_the_listed_exceptions_are_registered_methods_of_their_kind():
     """The exception lists name real methods, so a renamed one is not silently unchecked."""
     for name in DIRECTION_NOT_WTG:
@@ -329,6 +392,13 @@ class WrongWeights(HalfSecond):
 
     def combine(self, losses):
         return losses.sum(), super().combine(losses)[1]
+
+
+class FalselySymmetric(HalfSecond):
+    """Throwaway method that declares a property its weights (1, 0.5, 0.5, ...) break."""
+
+    name = "throwaway_falsely_symmetric"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
 
 
 class UndeclaredKPIs(HalfSecond):
@@ -375,6 +445,9 @@ def test_a_registered_throwaway_method_is_checked(registered):
     with pytest.raises(AssertionError, match="∂total/∂L != weights"):
         check_edge_cases(METHODS.get(WrongWeights.name))
     check_capabilities(cls)
+    check_properties(cls)
+    with pytest.raises(AssertionError, match="throwaway_falsely_symmetric, permutation_equivariant, T=2, step 1"):
+        check_properties(registered(FalselySymmetric))
     with pytest.raises(AssertionError, match="implements observe_kpis without declaring ObservesKPIs"):
         check_capabilities(registered(UndeclaredKPIs))
     with pytest.raises(AssertionError, match="declares ObservesKPIs but does not implement observe_kpis"):

@@ -14,6 +14,7 @@ import torch
 from test_contracts import (
     check_capabilities,
     check_checkpoint_round_trip,
+    check_properties,
     check_edge_cases,
     check_nan_losses_raise_diverged,
     check_toy_run_and_exact_resume,
@@ -43,6 +44,7 @@ def test_the_example_method_meets_every_contract(example_module, registered):  #
     cls = registered(example_module.UnitNorm)
     assert cls.name in METHODS.names()
     check_capabilities(cls)
+    check_properties(cls)
     check_edge_cases(cls)
     check_checkpoint_round_trip(cls)
     check_toy_run_and_exact_resume(cls.name)

@@ -39,6 +39,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -76,6 +77,7 @@ def aligned_mtl_weights(gram: np.ndarray, scale_mode: str = "min") -> np.ndarray
 
 class AlignedMTL(GramianWeighting):
     name = "aligned_mtl"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "Aligned-MTL: align the task gradients to condition number one, then sum them"
     paper = "Senushkin et al., CVPR 2023 (Aligned-MTL; official SamsungLabs/MTL ProcrustesSolver)"
     heads_use_weights = False

@@ -78,6 +78,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter
 from trainables.methods.capabilities import ObservesKPIs
 from trainables.methods.log_losses import LogLossWeighting
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 UPDATES = ("epoch", "step")
@@ -128,6 +129,7 @@ def focal_softmax_weights(achievement: torch.Tensor, gamma: float) -> torch.Tens
 
 class AMTL(ObservesKPIs, LogLossWeighting):
     name = "amtl"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "achievement-based MTL: focal softmax weights of KPI / single-task KPI, weighted geometric mean of losses"
     paper = (
         "Yun & Cho, Achievement-based Training Progress Balancing for Multi-Task Learning, ICCV 2023: "

@@ -41,12 +41,14 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting
 from trainables.methods.capabilities import LooksAhead, StepContext
 from trainables.methods.buffer_adam import adam_step
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
 
 class AutoLambda(LooksAhead, LossWeighting):
     name = "auto_lambda"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     trains = "task weights, with their own Adam (meta-gradient)"
     summary = "task weights learned by a one-step look-ahead meta-gradient on validation data"
     paper = "Liu et al., Auto-Lambda, TMLR 2022 (official code lorenmt/auto-lambda)"

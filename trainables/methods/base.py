@@ -33,6 +33,7 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.methods.capabilities import declared
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -110,6 +111,9 @@ class Method(nn.Module):
     kind: ClassVar[str] = ""
     #: Whether the method defines per-task weights (so fixed weights can be extracted).
     defines_weights: ClassVar[bool] = True
+    #: The properties its paper promises (``trainables.methods.properties``), each checked by the
+    #: contract tests on every method that declares it.
+    properties: ClassVar[frozenset[Property]] = frozenset()
     hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {}
 
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:

@@ -29,6 +29,7 @@ from scipy.optimize import minimize
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -78,6 +79,7 @@ def _rescaled(weights: np.ndarray, c: float, rescale: int) -> np.ndarray:
 
 class CAGrad(GramianWeighting):
     name = "cagrad"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "conflict-averse gradient: maximize the worst task improvement near the mean gradient"
     paper = "Liu et al., NeurIPS 2021 (eq. 3 and its dual; official code)"
     # The official implementation gives the task heads the plain sum of their gradients.

@@ -56,6 +56,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.edm import edm_weights
 from trainables.methods.min_norm import SOLVERS
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -123,6 +124,7 @@ def combine64(weights: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 class CDTT(GramianWeighting):
     name = "cdtt"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "CDTT: EDM's central direction plus task tensioners from the gradient-norm history"
     paper = "Nakamura et al., Neurocomputing 2022 (arXiv:2204.06698); `002` optimizers/task_tensioners.py"
     heads_use_weights = False

@@ -33,6 +33,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.capabilities import PenalizesGradients
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -51,6 +52,7 @@ def cosine_penalty(grads: torch.Tensor) -> torch.Tensor:
 
 class CosReg(PenalizesGradients, GradientAggregator):
     name = "cosreg"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "orthogonal-gradient regularization: sum of losses plus a penalty on squared gradient cosines"
     paper = "Suteu & Guo, 2019 (Regularizing Deep Multi-Task Networks using Orthogonal Gradients)"
     heads_use_weights = False

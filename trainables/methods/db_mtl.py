@@ -57,6 +57,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.capabilities import AddsHeadsLoss
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 LOG_EPS = 1e-8
@@ -71,6 +72,7 @@ def loss_scales(losses: torch.Tensor) -> torch.Tensor:
 
 class DBMTL(AddsHeadsLoss, GradientAggregator):
     name = "db_mtl"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS, Property.TASK_SCALE_INVARIANT})
     summary = "dual balancing: log-loss gradients, EMA, each rescaled to the largest norm"
     paper = "Lin et al., 2023 (Dual-Balancing for Multi-Task Learning; LibMTL DB_MTL.py)"
     heads_use_weights = False

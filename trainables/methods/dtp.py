@@ -58,6 +58,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter
 from trainables.methods.capabilities import ObservesKPIs
 from trainables.methods.log_losses import LogLossWeighting
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 
@@ -77,6 +78,7 @@ def dtp_kpi_weights(kappa: torch.Tensor, gamma: float) -> torch.Tensor:
 
 class DynamicTaskPrioritization(ObservesKPIs, LogLossWeighting):
     name = "dtp"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = (
         "dynamic task prioritization: focal weights -(1-k)^g log k of the smoothed task KPIs k "
         "(exp(-EMA loss) where a task has none)"

@@ -31,6 +31,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -38,6 +39,7 @@ EPS = 1e-8
 
 class DynamicWeightAverage(LossWeighting):
     name = "dwa"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "dynamic weight average: softmax of the last two epochs' loss ratios (MTAN)"
     paper = "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019, eq. 7"
     hyperparameters = {

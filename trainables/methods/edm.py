@@ -39,6 +39,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.min_norm import SOLVERS, min_norm_weights
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 
@@ -60,6 +61,7 @@ def edm_weights(gram: np.ndarray, solver: str = "exact") -> tuple[np.ndarray, np
 
 class EDM(GramianWeighting):
     name = "edm"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "EDM (follow the bisector): min-norm point of the normalized task gradients"
     paper = "Katrutsa et al. 2020, arXiv:2007.06937 (min-norm of normalized gradients; `002` optimizers/edm.py scaling)"
     heads_use_weights = False

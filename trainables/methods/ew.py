@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 
 from trainables.methods.base import LossWeighting
+from trainables.methods.properties import Property
 
 
 class EqualWeighting(LossWeighting):
     name = "ew"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "equal weights: the plain sum of task losses (unitary scalarization)"
     paper = "Kurin et al. 2022; Xin et al. 2022 (the baseline of `002`)"
 

@@ -59,6 +59,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import Hyperparameter, LossWeighting
 from trainables.methods.capabilities import ActsAfterStep
 from trainables.methods.buffer_adam import adam_step
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -72,6 +73,7 @@ def softmax_vjp(z: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 class FAMO(ActsAfterStep, LossWeighting):
     name = "famo"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     trains = "task logits, with their own Adam"
     summary = "fast adaptive multitask optimization: softmax task logits updated from each step's log-loss decrease"
     paper = "Liu et al., FAMO, NeurIPS 2023, §3 and Algorithm 1 (official code Cranial-XIX/FAMO)"

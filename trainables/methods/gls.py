@@ -30,10 +30,12 @@ from __future__ import annotations
 import torch
 
 from trainables.methods.log_losses import LogLossWeighting
+from trainables.methods.properties import Property
 
 
 class GeometricLossStrategy(LogLossWeighting):
     name = "gls"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "geometric loss strategy: minimize the geometric mean of the task losses"
     paper = "Chennupati et al., MultiNet++, CVPR Workshops 2019: L = (prod_t L_t)^(1/T)"
 

@@ -62,6 +62,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.seeded import SEED_HELP, generator_of, register_generator
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 
@@ -81,6 +82,7 @@ def graddrop_masks(grads: torch.Tensor, uniform: torch.Tensor, k: float = 1.0) -
 
 class GradDrop(GradientAggregator):
     name = "graddrop"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "gradient sign dropout: per coordinate keep only one sign, chosen by its sign purity"
     paper = "Chen et al., NeurIPS 2020 (Just Pick a Sign, eq. 1 and Algorithm 1; lingvo graddrop.py)"
     defines_weights = False

@@ -47,6 +47,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -83,6 +84,8 @@ def gradnorm_update(
 
 class GradNorm(GradientAggregator):
     name = "gradnorm"
+    # not HOMOGENEOUS: its weight update follows the gradient norms' scale, so a second step differs
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     trains = "task weights, by their own update rule"
     summary = "GradNorm: learn loss weights so weighted gradient norms track relative training rates"
     paper = "Chen et al., ICML 2018 (GradNorm, eq. 2 and Algorithm 1)"

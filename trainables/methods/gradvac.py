@@ -52,6 +52,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.gradients import gramian64
 from trainables.methods.seeded import SEED_HELP, generator_of, random_orders, register_generator
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -85,6 +86,7 @@ def gradvac_coefficients(
 
 class GradVac(GradientAggregator):
     name = "gradvac"
+    properties = frozenset({Property.HOMOGENEOUS})
     summary = "gradient vaccine: raise each pair's cosine similarity to its running (EMA) target"
     paper = "Wang et al., ICLR 2021 (Gradient Vaccine, eqs. 2-3, Algorithm 1)"
     defines_weights = False

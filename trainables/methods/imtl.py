@@ -55,6 +55,7 @@ from torch import nn
 
 from trainables.methods.base import GramianWeighting
 from trainables.methods.capabilities import AddsHeadsLoss
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 
@@ -83,6 +84,7 @@ def imtl_g_scales(gram: np.ndarray) -> np.ndarray:
 
 class IMTLG(GramianWeighting):
     name = "imtl_g"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     summary = "IMTL-G: the direction with equal projections onto every unit task gradient (closed form)"
     paper = "Liu et al., ICLR 2021 (IMTL-G closed form alpha = g_1 Uᵀ(D Uᵀ)^-1)"
     heads_use_weights = False

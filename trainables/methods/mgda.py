@@ -56,6 +56,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.min_norm import SOLVERS, min_norm_weights
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -95,6 +96,7 @@ def mgda_weights(
 
 class MGDA(GramianWeighting):
     name = "mgda"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "MGDA: min-norm point of the convex hull of the (normalized) task gradients"
     paper = "Sener & Koltun, NeurIPS 2018, eq. 3 and Algorithms 1-2 (reference code's normalization)"
     # The `002` code gives the task heads the plain sum of their losses.

@@ -55,6 +55,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 EPS = 1e-8
@@ -75,6 +76,7 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
 
 class MoCo(GradientAggregator):
     name = "moco"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     summary = "MoCo: track task gradients and MGDA weights with stochastic corrections"
     paper = "Fernando et al., ICLR 2023 (MoCo, Algorithm 1; LibMTL MoCo.py)"
     heads_use_weights = False

@@ -59,6 +59,7 @@ import torch
 from trainables.errors import ConfigError
 from trainables.methods.base import GramianWeighting, Hyperparameter
 from trainables.methods.capabilities import AddsHeadsLoss, ReusesWeights
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 #: Residual max_t |alpha_t (K alpha)_t - 1| accepted as a solution (the reference's stop threshold).
@@ -132,6 +133,7 @@ def clip_factor(gram: np.ndarray, alpha: np.ndarray, max_norm: float) -> float:
 
 class NashMTL(ReusesWeights, AddsHeadsLoss, GramianWeighting):
     name = "nash_mtl"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.TASK_SCALE_INVARIANT})
     summary = "Nash-MTL: Nash bargaining solution GGᵀα = 1/α, direction clipped to max_norm"
     paper = "Navon et al., ICML 2022 (bargaining solution GᵀGα = 1/α); official AvivNavon/nash-mtl code"
     # The heads get alpha (unclipped) through extra_loss, on top of the trainer's plain sum.

@@ -40,6 +40,7 @@ import torch
 from trainables.gradients import gramian64
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.seeded import SEED_HELP, generator_of, random_orders, register_generator
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 # --------------------------------------------------------------------------- PCGrad
@@ -65,6 +66,7 @@ def pcgrad_coefficients(gramian: np.ndarray, orders: Sequence[Sequence[int]]) ->
 
 class PCGrad(GradientAggregator):
     name = "pcgrad"
+    properties = frozenset({Property.HOMOGENEOUS})
     summary = "gradient surgery: project each task gradient off the others it conflicts with, then sum"
     paper = "Yu et al., NeurIPS 2020 (Gradient Surgery, Algorithm 1)"
     defines_weights = False

@@ -34,11 +34,13 @@ import torch
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.capabilities import ReusesWeights
 from trainables.methods.seeded import SEED_HELP, generator_of, register_generator
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 
 class RandomGradientWeighting(ReusesWeights, GradientAggregator):
     name = "rgw"
+    properties = frozenset({Property.HOMOGENEOUS})
     summary = "random gradient weighting: softmax of standard normal samples weights the task gradients"
     paper = "Lin et al., TMLR 2022 (Random Weighting, RGW; LibMTL RGW.py)"
     heads_use_weights = False

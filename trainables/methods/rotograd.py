@@ -41,6 +41,7 @@ from trainables.errors import ConfigError
 from trainables.methods.base import GradientAggregator, Hyperparameter
 from trainables.methods.capabilities import RepresentsTasks
 from trainables.methods.buffer_adam import adam_step
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 from trainables.search_range import SearchRange
 
@@ -57,6 +58,7 @@ def rotate(z: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 
 class RotoGrad(RepresentsTasks, GradientAggregator):
     name = "rotograd"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.HOMOGENEOUS})
     trains = "per-task rotations, with their own Adam"
     summary = "rotates each task's view of the representation to align task gradients, and balances their norms"
     paper = "Javaloy & Valera, RotoGrad, ICLR 2022 (official package adrianjav/rotograd)"

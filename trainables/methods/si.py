@@ -31,10 +31,12 @@ from __future__ import annotations
 import torch
 
 from trainables.methods.log_losses import LogLossWeighting
+from trainables.methods.properties import Property
 
 
 class ScaleInvariant(LogLossWeighting):
     name = "si"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.LOSS_SCALE_INVARIANT})
     summary = "scale-invariant baseline: minimize the sum of log losses (weights 1/L_t)"
     paper = "Navon et al., ICML 2022 (Nash-MTL), SI baseline: sum_t log L_t"
 

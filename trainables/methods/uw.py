@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from trainables.methods.base import LossWeighting
+from trainables.methods.properties import Property
 from trainables.problems.base import TaskSpec
 
 # likelihood -> (power p, fraction f): weight = exp(-p * eta) / f
@@ -34,6 +35,7 @@ LIKELIHOOD_TERMS = {"gaussian": (2.0, 2.0), "softmax": (2.0, 1.0), "laplace": (1
 
 class UncertaintyWeighting(LossWeighting):
     name = "uw"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT})
     trains = "task log-variances, trained with the model"
     summary = "uncertainty weighting: learned homoscedastic task uncertainties (Kendall et al.)"
     paper = "Kendall, Gal & Cipolla, CVPR 2018, eqs. 7-10"

@@ -33,10 +33,12 @@ from __future__ import annotations
 import torch
 
 from trainables.methods.log_losses import LogLossWeighting
+from trainables.methods.properties import Property
 
 
 class AnalyticalUncertaintyWeighting(LogLossWeighting):
     name = "uw_o"
+    properties = frozenset({Property.PERMUTATION_EQUIVARIANT, Property.LOSS_SCALE_INVARIANT})
     summary = "uncertainty weighting at its analytical optimum: weights 1/sg(L_t), loss-scale invariant"
     paper = "Elich et al., Challenging Common Assumptions in MTL (`003`), §4.1.3 eq. 2, App. A1.1 eqs. 7-13"
 

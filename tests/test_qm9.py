@@ -298,6 +298,10 @@ def test_pyg_source_gives_the_same_targets_as_qm9pack(tmp_path, five):
     assert methane_pyg.tolist() == pytest.approx(methane_csv.tolist(), abs=1e-4)
     graph = CompleteGraphs(table, table.y, rows["train"][:1])[0]
     assert graph.edge_attr.shape == (20, 5) and graph.x.shape == (5, 11)
+    # prepare records the training std of PyG's molecules too (once, on the driver).
+    prepared = build_problem("qm9").prepare(str(tmp_path), {})
+    by_hand = dict(zip(TARGETS, fit_scaling(table.y * REPORT_SCALE, rows["train"])[1].tolist()))
+    assert prepared["source"] == "pyg" and prepared["target_std"] == {"subset": 0, "split_seed": 0, "std": by_hand}
 
 
 # --------------------------------------------------------------------------- split
@@ -336,8 +340,7 @@ def test_scaling_uses_training_rows_only():
 
 
 def test_mae_is_reported_in_original_units():
-    problem = QM9()
-    problem.target_std = {t: float(k + 1) for k, t in enumerate(TARGETS)}
+    problem = QM9(target_std={t: float(k + 1) for k, t in enumerate(TARGETS)})
     acc = problem.new_metrics()
     outputs = {t: torch.tensor([[0.5], [-1.0]]) for t in TARGETS}
     targets = {t: torch.tensor([-0.5, -1.0]) for t in TARGETS}
@@ -349,11 +352,32 @@ def test_mae_is_reported_in_original_units():
     assert problem.higher_is_better()["homo"] == {"mae": False}
 
 
+def test_target_std_is_fixed_when_built():
+    """Issue 15: the std is a constructor argument, checked there, and cannot be reassigned; a
+    problem built without it trains but refuses to score, pointing to ``resolved``."""
+    std = {t: float(k + 1) for k, t in enumerate(TARGETS)}
+    problem = QM9(std, subset=9, split_seed=2)
+    assert (problem.target_std, problem.subset, problem.split_seed) == (std, 9, 2)
+    with pytest.raises(AttributeError):
+        problem.target_std = {t: 1.0 for t in TARGETS}
+    problem.target_std["mu"] = 100.0  # a copy: the problem's own is untouched
+    assert problem.target_std == std
+    with pytest.raises(ConfigError, match="needs the 11 QM9 targets"):
+        QM9({"mu": 1.0})
+    with pytest.raises(ConfigError, match="finite and positive"):
+        QM9({**std, "Cv": 0.0})
+    acc = QM9().new_metrics()
+    with pytest.raises(ConfigError, match=r"problem\.resolved\(data, config\)") as err:
+        acc.update({t: torch.zeros(1, 1) for t in TARGETS}, {t: torch.zeros(1) for t in TARGETS})
+    assert "\n" not in str(err.value)
+
+
 def test_load_normalizes_with_train_statistics_and_mae_of_the_mean_prediction(tmp_path):
     write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
-    problem = build_problem("qm9")
-    data = problem.prepare(str(tmp_path), {})
+    built = build_problem("qm9")
+    data = built.prepare(str(tmp_path), {})
     assert data["source"] == "qm9pack" and data["num_molecules"] == 12
+    problem = built.resolved(data, {"batch_size": 5})
     splits = problem.load(data, {"batch_size": 5}, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert splits.sizes == {"train": 10, "val": 1, "test": 1} and splits.source == "qm9pack"
 
@@ -362,6 +386,11 @@ def test_load_normalizes_with_train_statistics_and_mae_of_the_mean_prediction(tm
     y = table.y * REPORT_SCALE
     split = split_rows(12, seed=0)
     train = y[split["train"]]
+    # The std prepare records (and the resolved problem reports with) is the training rows' one,
+    # as fit_scaling gives it by hand; load's check of it passed above.
+    by_hand = dict(zip(TARGETS, fit_scaling(y, torch.from_numpy(split["train"]))[1].tolist()))
+    assert data["target_std"] == {"subset": 0, "split_seed": 0, "std": by_hand}
+    assert problem.target_std == by_hand and built.target_std is None
     # Normalized training targets have mean 0 and std 1.
     seen = torch.cat([torch.stack([targets[t] for t in TARGETS], 1) for _, targets in splits.train])
     assert seen.mean(0).abs().max() < 1e-5 and (seen.std(0) - 1).abs().max() < 1e-5
@@ -372,6 +401,49 @@ def test_load_normalizes_with_train_statistics_and_mae_of_the_mean_prediction(tm
     expected = (y[split["val"]] - train.mean(0)).abs().mean(0)
     for k, t in enumerate(TARGETS):
         assert acc.compute()[t]["mae"] == pytest.approx(float(expected[k]), rel=1e-4)
+
+
+def test_resolved_problem_is_unchanged_by_load_and_refuses_other_data(tmp_path):
+    """Issue 15: the driver's problem (prepare, then resolved) and a trial's agree; load changes
+    neither tasks nor std, and refuses a subset, split seed or data the std was not built for."""
+    write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
+    config = {"subset": 9, "batch_size": 4}
+    data = build_problem("qm9").prepare(str(tmp_path), config)
+    problem = build_problem("qm9").resolved(data, config)
+    assert (problem.subset, problem.split_seed) == (9, 0) and problem.target_std == data["target_std"]["std"]
+    assert problem.resolved(data, config) is problem
+    std = problem.target_std
+    problem.load(data, config, torch.Generator(), torch.device("cpu"))
+    assert problem.target_std == std
+    # The std of subset 9 is another than that of all 12 molecules (so the checks below can fail).
+    whole = build_problem("qm9").resolved(data, {"subset": 0})
+    assert whole.target_std != std and whole.subset == 0
+    cpu = torch.device("cpu")
+    for other in ({"subset": 10}, {"subset": 9, "split_seed": 1}):
+        with pytest.raises(ConfigError, match=r"built for subset=9 split_seed=0.*problem\.resolved") as err:
+            problem.load(data, {**config, **other}, torch.Generator(), cpu)
+        assert "\n" not in str(err.value)
+    # Data whose molecules differ (every property of one molecule shifted) gives another std.
+    lines = tiny_lines(12)
+    lines[3] = variant(105, lines[3], 0.5)
+    other_data = build_problem("qm9").prepare(str(write_qm9pack(tmp_path / "other" / "qm9pack", lines).parent), config)
+    assert other_data["target_std"]["std"] != std
+    with pytest.raises(ConfigError, match=r"training std of \w+ of .*problem\.resolved") as err:
+        problem.load(other_data, config, torch.Generator(), cpu)
+    assert "\n" not in str(err.value)
+
+
+def test_resolved_computes_the_std_that_prepare_would_for_another_subset(tmp_path):
+    """Data prepared for another subset (or split seed): resolved loads the molecules and gets the
+    std that prepare records for that config."""
+    write_qm9pack(tmp_path / "qm9pack", tiny_lines(12))
+    data = build_problem("qm9").prepare(str(tmp_path), {})
+    for config in ({"subset": 9}, {"split_seed": 3}):
+        prepared = build_problem("qm9").prepare(str(tmp_path), config)
+        assert prepared["target_std"]["std"] != data["target_std"]["std"]
+        problem = build_problem("qm9").resolved(data, config)
+        assert problem.target_std == prepared["target_std"]["std"]
+        assert (problem.subset, problem.split_seed) == (config.get("subset", 0), config.get("split_seed", 0))
 
 
 # --------------------------------------------------------------------------- cache

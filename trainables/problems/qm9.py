@@ -6,6 +6,11 @@ Set-up of Nash-MTL (AvivNavon/nash-mtl, experiments/quantum_chemistry) and the `
 z-scored with the training set's mean and std, MSE per task on the normalized targets, MAE in
 the original units with energies in meV (x1000), batch 120, Adam lr 1e-3.
 
+The training std, which turns normalized errors into MAEs, is part of the problem (issue 15:
+immutable once built): ``prepare`` computes it on the driver for the run's ``subset`` and
+``split_seed`` and records it in the prepared data; ``resolved`` builds ``QM9(target_std=...)``
+from it, the same on the driver and in every trial; ``load`` recomputes it only to check it.
+
 Model (Nash-MTL's ``Net``): Linear 11->64 + ReLU; 3 message-passing steps, each one shared
 NNConv(64, 64, edge net Linear(5,128)-ReLU-Linear(128,4096), aggr=mean) + ReLU followed by one
 shared GRU(64, 64); Set2Set(64, 3 steps); Linear 128->64 + ReLU = the shared representation z
@@ -21,6 +26,7 @@ whole storage, so it used all 130,831); the split is the `002` authors' (Nash-MT
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +54,9 @@ REFERENCE_MAE = {
     "U0": 58.838, "U": 64.244, "H": 63.852, "G": 66.223, "Cv": 0.07212,
 }
 HIDDEN = 64
+#: Relative tolerance of ``load``'s check of the training std against the problem's: the same
+#: molecules give it up to the order of floating-point sums (thread counts differ per trial).
+STD_RTOL = 1e-9
 #: The unit each MAE is logged in (PyG's, energies x1000 in meV as Nash-MTL and `002` print them).
 UNITS = {"mu": "D", "alpha": "a0^3", "homo": "meV", "lumo": "meV", "r2": "a0^2", "zpve": "meV", "U0": "meV",
          "U": "meV", "H": "meV", "G": "meV", "Cv": "cal/mol/K"}
@@ -107,25 +116,68 @@ class QM9(Problem):
         "data_on_device": "auto",
     }
 
-    def __init__(self) -> None:
-        #: Std of each target in report units, from the training molecules (set by ``load``).
-        self.target_std: dict[str, float] | None = None
-
-    @property
-    def tasks(self) -> list[TaskSpec]:
-        return [
+    def __init__(self, target_std: Mapping[str, float] | None = None, *, subset: int = 0, split_seed: int = 0) -> None:
+        """``target_std``: each target's std in report units over the training molecules of the
+        (``subset`` of the) split of ``split_seed``, which turns the normalized errors into MAEs;
+        ``resolved`` sets it from the prepared data (issue 15: fixed once built, ``load`` only
+        checks it). Without it the problem trains (losses need no scaling) but cannot score."""
+        if target_std is not None:
+            if set(target_std) != set(TARGETS):
+                raise ConfigError(f"target_std needs the {len(TARGETS)} QM9 targets {', '.join(TARGETS)}, "
+                                  f"got {', '.join(map(str, target_std))}")
+            bad = {t: v for t, v in target_std.items() if not (math.isfinite(float(v)) and float(v) > 0)}
+            if bad:
+                raise ConfigError(f"target_std must be finite and positive, got {bad}")
+            target_std = {t: float(target_std[t]) for t in TARGETS}
+        self._target_std = target_std
+        self._subset, self._split_seed = int(subset), int(split_seed)
+        self._tasks = tuple(
             TaskSpec(t, (MetricSpec("mae", higher_is_better=False, fn=functools.partial(self._mae, t), unit=UNITS[t]),),
                      {"mae": REFERENCE_MAE[t]}, likelihood="gaussian")
             for t in TARGETS
-        ]
+        )
+
+    @property
+    def target_std(self) -> dict[str, float] | None:
+        """Std of each target in report units over the training molecules (None: not resolved)."""
+        return None if self._target_std is None else dict(self._target_std)
+
+    @property
+    def subset(self) -> int:
+        """The ``subset`` option the target std is for."""
+        return self._subset
+
+    @property
+    def split_seed(self) -> int:
+        """The ``split_seed`` option the target std is for."""
+        return self._split_seed
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        return list(self._tasks)
 
     def _mae(self, task: str, output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
         """MAE in report units: |output - target| on the normalized scale times the target's std
         (Nash-MTL's ``evaluate``: l1(out * std, y * std), x1000 for the energies)."""
-        if self.target_std is None:
-            raise RuntimeError("QM9 metrics need the target scaling: call load() first")
+        if self._target_std is None:
+            raise ConfigError("this qm9 problem has no target std to report MAEs with: build it with "
+                              "problem.resolved(data, config), as the driver does")
         total, count = mean_absolute_error(output, target)
-        return total * self.target_std[task], count
+        return total * self._target_std[task], count
+
+    def resolved(self, data: Mapping[str, Any], config: Mapping[str, Any]) -> QM9:
+        """QM9 with the training std of the targets for ``config``'s subset and split seed: the
+        one ``prepare`` recorded in ``data["target_std"]``, else (data prepared for another
+        subset or seed, or no prepared data) computed here from the molecules, as ``load`` does."""
+        subset, seed = _int(config, "subset"), _int(config, "split_seed")
+        recorded = data.get("target_std")
+        if isinstance(recorded, Mapping) and (recorded.get("subset"), recorded.get("split_seed")) == (subset, seed):
+            std = {t: float(v) for t, v in recorded["std"].items()}
+        else:
+            std = training_std(*qm9_data.load_molecules(_located(data, config), subset=subset, seed=seed))
+        if (std, subset, seed) == (self._target_std, self._subset, self._split_seed):
+            return self
+        return QM9(std, subset=subset, split_seed=seed)
 
     def source_option(self, source: str) -> dict[str, str]:
         return {"qm9_source": source}
@@ -135,20 +187,36 @@ class QM9(Problem):
         data = qm9_data.resolve_source(str(config.get("qm9_source", "auto")), data_dir)
         if data["source"] == "qm9pack":
             data["num_molecules"] = qm9_data.count_qm9pack(Path(data["qm9pack_dir"]))
-            qm9_data.load_molecules(data, subset=_int(config, "subset"), seed=_int(config, "split_seed"), progress=True)
-        else:
-            qm9_data.open_pyg_qm9(Path(data["pyg_root"]))  # processes raw files once, here, not in every trial
+        # Featurizes the qm9pack molecules into the cache, or processes PyG's raw files, once, here,
+        # not in every trial; and records the training std of the targets, which fixes the
+        # problem's MAEs (``resolved``; issue 15), for the subset and split seed it is valid for.
+        subset, seed = _int(config, "subset"), _int(config, "split_seed")
+        table, rows = qm9_data.load_molecules(data, subset=subset, seed=seed, progress=True)
+        data["target_std"] = {"subset": subset, "split_seed": seed, "std": training_std(table, rows)}
         return data
 
     def load(
         self, data: Mapping[str, Any], config: Mapping[str, Any], generator: torch.Generator, device: torch.device
     ) -> Splits:
-        if not data:
-            data = qm9_data.resolve_source(str(config.get("qm9_source", "auto")), None, download=False)
-        table, rows = qm9_data.load_molecules(data, subset=_int(config, "subset"), seed=_int(config, "split_seed"))
+        """The splits with targets z-scored by the training molecules' mean and std; refuses data
+        or a config whose std differs from the one the problem was built with (``resolved``)."""
+        subset, seed = _int(config, "subset"), _int(config, "split_seed")
+        if self._target_std is not None and (subset, seed) != (self._subset, self._split_seed):
+            raise ConfigError(
+                f"this qm9 problem was built for subset={self._subset} split_seed={self._split_seed}, not "
+                f"subset={subset} split_seed={seed}: build it with problem.resolved(data, config), as the driver does"
+            )
+        table, rows = qm9_data.load_molecules(_located(data, config), subset=subset, seed=seed)
         y = table.y * REPORT_SCALE
         mean, std = fit_scaling(y, rows["train"])
-        self.target_std = {t: float(std[k]) for k, t in enumerate(TARGETS)}
+        if self._target_std is not None:
+            for k, t in enumerate(TARGETS):
+                # The same molecules give the same std up to the order of the sums (threads).
+                if not math.isclose(float(std[k]), self._target_std[t], rel_tol=STD_RTOL):
+                    raise ConfigError(
+                        f"this qm9 problem was built with a training std of {t} of {self._target_std[t]:.9g}, this "
+                        f"data gives {float(std[k]):.9g}: build it with problem.resolved(data, config), as the driver does"
+                    )
         targets = (y - mean) / std
         on_device = str(config.get("data_on_device", "auto")).strip().lower()
         if on_device not in ("auto", "true", "false"):
@@ -174,6 +242,17 @@ class QM9(Problem):
     def loss(self, task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE on the normalized target (Nash-MTL: F.mse_loss(out, data.y) per task)."""
         return F.mse_loss(output.reshape(target.shape), target)
+
+
+def training_std(table: qm9_data.MoleculeTable, rows: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Std of each target in report units over the training rows (``fit_scaling``, as ``load``)."""
+    _, std = fit_scaling(table.y * REPORT_SCALE, rows["train"])
+    return {t: float(std[k]) for k, t in enumerate(TARGETS)}
+
+
+def _located(data: Mapping[str, Any], config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``prepare``'s data, or without any (a direct ``load``) the source found offline."""
+    return data or qm9_data.resolve_source(str(config.get("qm9_source", "auto")), None, download=False)
 
 
 def _int(config: Mapping[str, Any], key: str) -> int:

@@ -32,6 +32,7 @@ from trainables.problems.qm9_data import (
     split_rows,
     subset_split,
 )
+from trainables.trial import RunSettings
 
 HEADER = (
     "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,Harmonic_Freq_cmi,"
@@ -413,6 +414,8 @@ def test_resolved_problem_is_unchanged_by_load_and_refuses_other_data(tmp_path):
     assert (problem.subset, problem.split_seed) == (9, 0) and problem.target_std == data["target_std"]["std"]
     assert problem.resolved(data, config) is problem
     std = problem.target_std
+    trial = RunSettings("qm9", {}, data).problem_for({"method": "ew", "seed": 0, **config})  # what a trial builds
+    assert (trial.target_std, trial.subset, trial.split_seed) == (std, 9, 0)
     problem.load(data, config, torch.Generator(), torch.device("cpu"))
     assert problem.target_std == std
     # The std of subset 9 is another than that of all 12 molecules (so the checks below can fail).

@@ -42,6 +42,12 @@ def uniform(grid: Sequence[float]) -> SearchRange:
     return SearchRange(grid=tuple(grid), low=min(grid), high=max(grid))
 
 
+def categorical(values: Sequence[Any]) -> SearchRange:
+    """A grid that every search picks from as a categorical choice (optimizers, a weight
+    decay grid with 0 in it); the typed form of the plain tuple a space file may give."""
+    return SearchRange(grid=tuple(values))
+
+
 def _ranges(values: Mapping[str, Any], prefix: str = "") -> dict[str, SearchRange]:
     return {k: SearchRange.of(v, prefix + k) for k, v in values.items()}
 
@@ -55,8 +61,8 @@ class SearchSpace:
     description: str
     #: Options of the problem (e.g. the Multi-MNIST variant).
     problem_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Common hyperparameters (and problem options) searched, each a ``SearchRange`` (a plain
-    #: list or tuple is a categorical grid).
+    #: Common hyperparameters (and problem options) searched, each a ``SearchRange`` (at run
+    #: time a plain list or tuple, as a space file may give, is converted to a categorical grid).
     common: Mapping[str, SearchRange] = field(default_factory=dict)
     #: Constants every trial gets (batch size, ...).
     constants: Mapping[str, Any] = field(default_factory=dict)

@@ -13,7 +13,7 @@ CAGrad, IMTL) and the single-task reference.
 
 from __future__ import annotations
 
-from spaces.base import OPTIMIZERS, SearchSpace, log_uniform
+from spaces.base import OPTIMIZERS, SearchSpace, categorical, log_uniform
 
 #: `003` §4.1.2: "ten different initial learning rates from [0.5, 0.1, 0.05, ..., 0.00001]".
 CELEBA_LR_GRID = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001)
@@ -24,7 +24,7 @@ CELEBA = SearchSpace(
     name="celeba",
     problem="celeba",
     description="CelebA: 40 binary attributes, ResNet-18 + a linear head per attribute, 64x64 (`003` A3.1)",
-    common={"lr": log_uniform(CELEBA_LR_GRID), "optimizer": OPTIMIZERS},
+    common={"lr": log_uniform(CELEBA_LR_GRID), "optimizer": categorical(OPTIMIZERS)},
     constants=_CONSTANTS,
     default_methods=("ew", "uw", "rlw_normal", "pcgrad", "cagrad", "imtl", "single_task"),
     max_epochs=100,

@@ -12,14 +12,18 @@ their grids' ends; the weight decay is searched over its grid (see below).
 
 from __future__ import annotations
 
-from spaces.base import OPTIMIZERS, SearchSpace, log_uniform
+from spaces.base import OPTIMIZERS, SearchSpace, categorical, log_uniform
 
 CITYSCAPES_LR_GRID = (0.005, 0.001, 0.0005, 0.0001)
 CITYSCAPES_WEIGHT_DECAY_GRID = (1e-4, 1e-5, 0.0)
 # The weight decay stays categorical: 0 (no decay) is one of the grid's values and has no
 # place on a log scale, and a linear range over [0, 1e-4] would draw 90 % of its values
 # above 1e-5, the grid's other value; so every search picks from the three values.
-_COMMON = {"lr": log_uniform(CITYSCAPES_LR_GRID), "weight_decay": CITYSCAPES_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
+_COMMON = {
+    "lr": log_uniform(CITYSCAPES_LR_GRID),
+    "weight_decay": categorical(CITYSCAPES_WEIGHT_DECAY_GRID),
+    "optimizer": categorical(OPTIMIZERS),
+}
 #: ImageNet-pretrained encoders, as the `002` authors' runs (torchvision's weights from the local
 #: torch hub cache; offline without them a one-line error says where to put them).
 _CONSTANTS = {"batch_size": 32, "lr_decay": 0.95, "pretrained": "true"}
@@ -30,7 +34,7 @@ _DEVIATIONS = (
 )
 _METHOD_OVERRIDES = {
     "auto_lambda": {"aux_lr_scale": log_uniform((100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001))},
-    "rotograd": {"feature_size": (512,)},
+    "rotograd": {"feature_size": categorical((512,))},
 }
 
 

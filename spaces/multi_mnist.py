@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from spaces.base import MNIST_DROPOUT_GRID, MNIST_LR_GRID, OPTIMIZERS, SearchSpace, log_uniform, uniform
+from spaces.base import (
+    MNIST_DROPOUT_GRID,
+    MNIST_LR_GRID,
+    OPTIMIZERS,
+    SearchSpace,
+    categorical,
+    log_uniform,
+    uniform,
+)
 
 # `002` ran Adam only; `003` §4.1 makes the optimizer a searched choice (fix it with
 # --param optimizer=adam to reproduce `002`'s grid). tpe/random/nsga2 draw the lr
 # log-uniformly from [0.0005, 0.01] and dropout uniformly from [0, 0.5], the grids' ends.
-_COMMON = {"lr": log_uniform(MNIST_LR_GRID), "dropout": uniform(MNIST_DROPOUT_GRID), "optimizer": OPTIMIZERS}
+_COMMON = {
+    "lr": log_uniform(MNIST_LR_GRID),
+    "dropout": uniform(MNIST_DROPOUT_GRID),
+    "optimizer": categorical(OPTIMIZERS),
+}
 _CONSTANTS = {"batch_size": 256, "weight_decay": 0.0, "lr_decay": 0.95}
 
 

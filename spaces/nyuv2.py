@@ -21,7 +21,7 @@ Nash-MTL) in ``nyuv2_mtan`` (problem option ``metric_average``).
 
 from __future__ import annotations
 
-from spaces.base import OPTIMIZERS, SearchSpace, log_uniform
+from spaces.base import OPTIMIZERS, SearchSpace, categorical, log_uniform
 
 #: `003` §4.1.2: "ten different initial learning rates from [0.5, 0.1, 0.05, ..., 0.00001]".
 NYUV2_LR_GRID = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001)
@@ -38,7 +38,11 @@ DEFAULT_METHODS = ("ew", "uw", "dwa", "rlw_normal", "mgda", "pcgrad", "cagrad", 
 # tpe/random/nsga2 draw the lr log-uniformly from [1e-5, 0.5], the grid's ends. The weight
 # decay stays categorical: 0 is one of its values and has no place on a log scale, and a
 # linear range over [0, 5e-4] would almost never draw 1e-5 or below.
-_COMMON = {"lr": log_uniform(NYUV2_LR_GRID), "weight_decay": NYUV2_WEIGHT_DECAY_GRID, "optimizer": OPTIMIZERS}
+_COMMON = {
+    "lr": log_uniform(NYUV2_LR_GRID),
+    "weight_decay": categorical(NYUV2_WEIGHT_DECAY_GRID),
+    "optimizer": categorical(OPTIMIZERS),
+}
 
 NYUV2 = SearchSpace(
     name="nyuv2",

@@ -12,7 +12,7 @@ validation Δm: ``lr_schedule=plateau`` here too. ``qm9_nashmtl`` is Nash-MTL's 
 
 from __future__ import annotations
 
-from spaces.base import OPTIMIZERS, SearchSpace, log_uniform
+from spaces.base import OPTIMIZERS, SearchSpace, categorical, log_uniform
 
 #: `002` QM9 learning rates as run (the paper's Table 10 picks 0.005, 0.001 and 0.0005).
 QM9_LR_GRID = (0.005, 0.001, 0.0005, 0.0001)
@@ -24,7 +24,7 @@ QM9 = SearchSpace(
     name="qm9",
     problem="qm9",
     description="QM9: 11 molecular properties, Nash-MTL's message-passing network (`002` §3.4)",
-    common={"lr": log_uniform(QM9_LR_GRID), "optimizer": OPTIMIZERS},
+    common={"lr": log_uniform(QM9_LR_GRID), "optimizer": categorical(OPTIMIZERS)},
     constants={"batch_size": 120, "dropout": 0.0, "weight_decay": 0.0, **PLATEAU},
     # `002` Table 10: Auto-Lambda's auxiliary lr scale {100, 10, 1}; log-uniform between its ends.
     method_overrides={"auto_lambda": {"aux_lr_scale": log_uniform((100.0, 10.0, 1.0))}},

@@ -237,3 +237,20 @@ def test_search_range_of_and_describe():
     assert list(rng) == [0.01, 0.005]  # iterating a range gives its grid
     with pytest.raises(ConfigError, match="^x: a search range is a list of values or a mapping"):
         SearchRange.of("0.1", "x")
+
+
+def test_interval_gives_both_ends_of_a_continuous_range_only():
+    assert SearchRange(low=1, high=3, integer=True).interval() == (1, 3)
+    assert SearchRange(low=1, high=3, integer=True).first() == 1
+    assert SearchRange(grid=(0.1,), low=0.05, high=0.2).first() == 0.1  # the grid comes first
+    with pytest.raises(ConfigError, match="no interval"):
+        SearchRange(grid=("adam", "sgd")).interval()
+
+
+def test_categorical_is_the_plain_tuple_a_space_file_gives():
+    from spaces.base import categorical
+
+    assert categorical(("adam", "sgd")) == SearchRange.of(("adam", "sgd")) == SearchRange(grid=("adam", "sgd"))
+    assert not categorical((0, 1, 2)).continuous
+    with pytest.raises(ConfigError, match="needs a grid"):
+        categorical(())

@@ -47,17 +47,24 @@ class SearchRange:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{key} of a range must be a finite number, got {value!r}")
-        if not self.low < self.high:
-            raise ConfigError(f"low must be below high, got low={self.low!r}, high={self.high!r}")
-        if self.log and self.low <= 0:
-            raise ConfigError(f"a log range needs low > 0, got low={self.low!r}")
-        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
-            raise ConfigError(f"an integer range needs integer ends, got low={self.low!r}, high={self.high!r}")
+        low, high = self.interval()
+        if not low < high:
+            raise ConfigError(f"low must be below high, got low={low!r}, high={high!r}")
+        if self.log and low <= 0:
+            raise ConfigError(f"a log range needs low > 0, got low={low!r}")
+        if self.integer and not (float(low).is_integer() and float(high).is_integer()):
+            raise ConfigError(f"an integer range needs integer ends, got low={low!r}, high={high!r}")
 
     @property
     def continuous(self) -> bool:
         """Whether tpe/random/nsga2 draw from an interval (else from the grid)."""
         return self.low is not None
+
+    def interval(self) -> tuple[float, float]:
+        """``(low, high)`` of a continuous range (one place that knows both ends are set)."""
+        if self.low is None or self.high is None:
+            raise ConfigError(f"the range {self.describe()} has no interval (it is a grid)")
+        return self.low, self.high
 
     @classmethod
     def of(cls, value: Any, name: str = "") -> SearchRange:
@@ -95,9 +102,10 @@ class SearchRange:
         """Draw the value of ``key`` on an Optuna trial (define-by-run)."""
         if not self.continuous:
             return trial.suggest_categorical(key, list(self.grid))
+        low, high = self.interval()
         if self.integer:
-            return trial.suggest_int(key, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(key, float(self.low), float(self.high), log=self.log)
+            return trial.suggest_int(key, int(low), int(high), log=self.log)
+        return trial.suggest_float(key, float(low), float(high), log=self.log)
 
     def grid_values(self, name: str) -> list[Any]:
         """The grid ``--search grid`` trains; a range without one is a ``ConfigError``."""
@@ -112,7 +120,10 @@ class SearchRange:
 
     def first(self) -> Any:
         """One value of the range (the grid's first, else the low end), for a dry build."""
-        return self.grid[0] if self.grid else (int(self.low) if self.integer else self.low)
+        if self.grid:
+            return self.grid[0]
+        low = self.interval()[0]
+        return int(low) if self.integer else low
 
     def describe(self) -> str:
         """One line for listings, e.g. ``log-uniform [0.0005, 0.01]; grid 0.01, 0.005``."""

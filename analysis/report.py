@@ -329,15 +329,16 @@ def group_references(key: Comparability, best: Mapping[str, Configuration], else
         said = (f"measured on {', '.join(f'{k} {v}' for k, v in stl.measured_on.items())}" if stl.measured_on
                 else "it does not say what it was measured on (no \"measured_on\"): not checked against this group")
         return References(stl.values, f"file {stl.path} ({said})", refused=refused)
-    used, missing = {}, []
+    used: dict[str, Configuration] = {}
+    missing: list[str] = []
     values: dict[str, dict[str, float]] = {}
     for task, metrics in directions.items():
-        config = best.get(arm_key(STL, task))
-        if config is None:
+        stl_config = best.get(arm_key(STL, task))
+        if stl_config is None:
             missing.append(task)
             continue
-        values[task] = {m: config.mean_std(task, m)[0] for m in metrics}
-        used[task] = config
+        values[task] = {m: stl_config.mean_std(task, m)[0] for m in metrics}
+        used[task] = stl_config
     if missing:
         return References(None, f"none: no finished single_task run for task(s) {', '.join(missing)} in this group "
                           "(train single_task on them with the same set-up, or pass --stl FILE); Δm is left out",

@@ -98,7 +98,8 @@ class PerArmSearch(PickledState, Searcher):
 
     def __init__(self, searchers: Mapping[str, Searcher], budgets: Mapping[str, int],
                  metric: str | list[str] | None, mode: str | list[str] | None) -> None:
-        super().__init__(metric=metric, mode=mode)
+        # Ray's Searcher annotates str | None but takes lists too (multi-objective: it checks them)
+        super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]
         if set(searchers) != set(budgets):
             raise ValueError("every arm needs a searcher and a budget")
         self._searchers = dict(searchers)
@@ -118,7 +119,8 @@ class PerArmSearch(PickledState, Searcher):
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return False  # every arm's searcher already holds its space, metric and mode
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray's Searcher.suggest annotates dict | None, while its docstring says "dict | FINISHED | None"
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         if trial_id in self._owner:  # asked again for the same trial: same arm, same answer
             return self._searchers[self._owner[trial_id]].suggest(trial_id)
         open_arms = [k for k in self._searchers if self._suggested[k] < self._budgets[k]]

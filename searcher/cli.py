@@ -213,7 +213,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from trainables.methods.capabilities import declared
     from trainables.search_range import SearchRange
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in METHODS.names():
         cls = METHODS.get(name)
         rows.append({

@@ -252,7 +252,10 @@ def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri:
             # callback re-attaches resumed trials to their MLflow runs by trial id.
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            multi = isinstance(plan.metric, list)
+            # Tune's own metric and mode take one objective; a multi-objective search (lists) gives
+            # them to its search algorithm only
+            tune_metric = plan.metric if isinstance(plan.metric, str) else None
+            tune_mode = plan.mode if isinstance(plan.mode, str) else None
             logger = tracking.TrialLogger(
                 tracking_uri,
                 experiment,
@@ -265,8 +268,8 @@ def launch(session: Session, plan: Launch, options: SearchOptions, tracking_uri:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    metric=None if multi else plan.metric,
-                    mode=None if multi else plan.mode,
+                    metric=tune_metric,
+                    mode=tune_mode,
                     search_alg=plan.search_alg,
                     scheduler=plan.scheduler,
                     num_samples=plan.num_samples,

@@ -25,7 +25,7 @@ import math
 import posixpath
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint
@@ -112,6 +112,7 @@ def _own_copy(checkpoint: Checkpoint, trial_id: str) -> Checkpoint:
     import pyarrow.fs
 
     fs = checkpoint.filesystem
+    assert fs is not None  # Ray's Checkpoint resolves it from the path when none is given
     experiment = posixpath.dirname(posixpath.dirname(checkpoint.path.rstrip("/")))
     target = posixpath.join(experiment, "pbt_exploits", trial_id)
     if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
@@ -133,7 +134,13 @@ class _WithoutSearchAlg:
         return getattr(self._controller, name)
 
 
-class InASearch:
+if TYPE_CHECKING:  # the mixin's methods call PopulationBasedTraining's (PB2 is one too)
+    _SchedulerBase = PopulationBasedTraining
+else:  # at run time a plain mixin, first in the bases of the schedulers below
+    _SchedulerBase = object
+
+
+class InASearch(_SchedulerBase):
     """What Ray's ``PopulationBasedTraining`` (and ``PB2``) need to live in one arm of a search,
     behind ``PerArmScheduler`` (a mixin, first in the bases).
 
@@ -149,7 +156,7 @@ class InASearch:
     max_epochs: int | None = None
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)
+        super().on_trial_add(_WithoutSearchAlg(tune_controller), trial)  # type: ignore[arg-type]  # a view of it
         self._resume_state(trial)
 
     def _resume_state(self, trial: Any) -> None:
@@ -162,10 +169,11 @@ class InASearch:
         state = self._trial_state.get(trial)
         if state is None or last.get(self._time_attr) is None:
             return
-        interval = self._perturbation_interval
+        interval = int(self._perturbation_interval)  # epochs (make_pbt, make_pb2)
         state.last_perturbation_time = int(last[self._time_attr]) // interval * interval
-        if last.get(self._metric) is not None:
-            state.last_score = self._metric_op * float(last[self._metric])
+        op = self._metric_op  # +1 or -1, set with the metric and mode (both given here)
+        if op is not None and last.get(self._metric) is not None:
+            state.last_score = op * float(last[self._metric])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self.max_epochs is not None and int(result.get("epoch", 0)) >= self.max_epochs:

@@ -177,6 +177,9 @@ def evaluate(trainer: Trainer, conditions: Sequence[tuple[str, int]], seed: int 
     """Test metrics of the trainer's model, per condition (``CLEAN`` or (corruption, severity)):
     inputs are mapped back to [0, 1] pixels with the problem's ``pixel_stats``, corrupted, and
     standardised again; the metrics are the problem's accumulator, as ``Trainer.evaluate``."""
+    if trainer.problem.pixel_stats is None:  # a TypeError on unpacking None otherwise
+        raise ConfigError(f"problem {trainer.problem.name} has no image inputs: "
+                          "corruptions apply to image problems only")
     mean_, std_ = trainer.problem.pixel_stats
     mean = torch.tensor(mean_, device=trainer.device).view(1, -1, 1, 1)
     std = torch.tensor(std_, device=trainer.device).view(1, -1, 1, 1)

@@ -152,6 +152,11 @@ def status_of(last: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
 class TrialLogger(MLflowLoggerCallback):
     """Ray's MLflow callback with our run names, tags, params and metric filter."""
 
+    # Ray's callback allows None for each; ours always sets them (``__init__``).
+    tracking_uri: str
+    experiment_name: str
+    tags: dict[str, Any]
+
     def __init__(
         self,
         uri: str,

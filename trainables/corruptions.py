@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -330,7 +330,10 @@ def jpeg_compression(x: torch.Tensor, c: int, g: torch.Generator) -> torch.Tenso
     return torch.stack(out).to(x)
 
 
-Corruption = Callable[[torch.Tensor, object, torch.Generator], torch.Tensor]
+#: (images, severity constant, generator) -> images. The constant's type is the corruption's own
+#: (a float, an int or a tuple of parameters, from ``CONSTANTS``), hence Any: a callable that takes a
+#: float is no callable that takes any object.
+Corruption = Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor]
 #: The 14 of the 15 ImageNet-C corruptions (frost left out: it needs the reference's frost photographs),
 #: in the reference's order: noise, blur, weather, digital.
 CORRUPTIONS: dict[str, Corruption] = {

@@ -15,6 +15,7 @@ batched pass, at the price of more, smaller passes.
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def feature_grads(losses: torch.Tensor, z: torch.Tensor, create_graph: bool = Fa
 
 def task_vjps(
     output: torch.Tensor,
-    inputs: list[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
     grads: torch.Tensor,
     batched: bool = True,
     create_graph: bool = False,
@@ -58,7 +59,7 @@ def task_vjps(
             ]
         except RuntimeError as err:  # an op without a batching rule: fall back to the loop
             warnings.warn(f"batched per-task gradients failed ({err}); using a loop over tasks", stacklevel=3)
-    passes = []
+    passes: list[tuple[tuple[torch.Tensor | None, ...], int]] = []
     for g in grads:
         row = torch.autograd.grad(output, inputs, grad_outputs=g, retain_graph=True, allow_unused=True,
                                   create_graph=create_graph)

@@ -54,7 +54,8 @@ def auto_stages(on_gpu: bool, jacobian_bytes: int, free_bytes: int, largest: int
 def encoder_stages(encoder: nn.Module) -> list[nn.Module]:
     """The encoder as a chain of modules: its ``stages()`` if it lists them, else itself;
     ``nn.Sequential`` containers are expanded into their children, recursively."""
-    top = list(encoder.stages()) if callable(getattr(encoder, "stages", None)) else [encoder]
+    stages = getattr(encoder, "stages", None)
+    top = list(stages()) if callable(stages) else [encoder]
     chain: list[nn.Module] = []
 
     def expand(module: nn.Module) -> None:
@@ -148,13 +149,18 @@ class StagedGramian:
             params = self.stage_params[i]
             if not params:
                 continue
-            targets = params if i == first else [*params, inputs[i]]
+            targets: list[torch.Tensor] = list(params)
+            boundary = None
+            if i != first:  # the stage's input, where the next (earlier) backward starts from
+                boundary = inputs[i]
+                assert boundary is not None  # only stage 0 has no recorded input, and i > first >= 0
+                targets.append(boundary)
             passes = task_vjps(frontier, targets, frontier_grads, batched, chunk=chunk)
             sizes = [n for _, n in passes]
             grads = [_stack_parts([p[j] for p, _ in passes], x, sizes) for j, x in enumerate(targets)]
             del passes
-            if i != first:
-                frontier, frontier_grads = inputs[i], grads.pop()
+            if boundary is not None:
+                frontier, frontier_grads = boundary, grads.pop()
             while grads:  # fold each parameter's T x numel block into GGᵀ, then drop it
                 rows = grads.pop(0).reshape(tasks, -1)
                 gram += rows @ rows.T

@@ -63,7 +63,8 @@ def train_trial(config: dict[str, Any], settings: RunSettings) -> None:
     with warnings.catch_warnings():  # called outside a Tuner (tests), Ray warns and gives None
         warnings.simplefilter("ignore", UserWarning)
         trial_id = tune.get_context().get_trial_id()
-    state, saved, trainer = None, {}, None
+    state, trainer = None, None
+    saved: dict[str, Any] = {}  # the checkpoint's lineage file, if any
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

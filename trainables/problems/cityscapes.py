@@ -299,7 +299,7 @@ class OfficialCityscapes(Dataset):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the arrays as allow_pickle
             os.replace(tmp, path)
         except OSError:
             pass
@@ -600,7 +600,9 @@ class Cityscapes(Problem):
         # "source" is what the runs log as their data source (searcher.session.data_source).
         return {"data_dir": str(root), "layout": layout, "source": f"cityscapes-{layout}"}
 
-    def _datasets(self, data: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[dict[str, Dataset], str]:
+    def _datasets(
+        self, data: Mapping[str, Any], config: Mapping[str, Any]
+    ) -> tuple[dict[str, NpyCityscapes | OfficialCityscapes], str]:
         root = str(data["data_dir"])
         layout = str(data["layout"])
         size = self.size(config)
@@ -617,7 +619,7 @@ class Cityscapes(Problem):
                     "official layout (or lower --param height / width)"
                 )
             train_idx, val_idx = split_indices(npy_count(Path(root) / "train"), fraction, seed)
-            sets = {
+            sets: dict[str, NpyCityscapes | OfficialCityscapes] = {
                 "train": NpyCityscapes(root, "train", train_idx, size, k, tasks, augment=aug),
                 "val": NpyCityscapes(root, "train", val_idx, size, k, tasks),
                 "test": NpyCityscapes(root, "val", None, size, k, tasks),
@@ -645,7 +647,8 @@ class Cityscapes(Problem):
                     if len(split_set) == 0:
                         raise DataError(f"Cityscapes under {root}: the `002` split selected no frame")
                 return sets, (f"cityscapes official {size[0]}x{size[1]} at {root}: the `002` authors' split "
-                              f"(train {len(train_idx)}, val {len(val_idx)} of official train; test {len(test_idx)} "
+                              f"(train {len(listed['train'])}, val {len(listed['val'])} of official train; "
+                              f"test {len(listed['test'])} "
                               "of official val)")
         for split, ds in sets.items():
             if len(ds) == 0:
@@ -669,7 +672,7 @@ class Cityscapes(Problem):
         batch_size = int(config.get("batch_size", 32))
         workers = int(config.get("num_workers", 2))
         pin = torch.cuda.is_available() and device.type == "cuda"
-        common = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
+        common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
         n_train = len(sets["train"])
         # drop_last: BatchNorm (ASPP's image pooling) cannot train on a batch of one.
         train = DataLoader(

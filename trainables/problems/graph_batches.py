@@ -68,7 +68,10 @@ class CompleteGraphBatches:
     def __iter__(self) -> Iterator[Any]:
         # The order is torch's DataLoader's over the row positions (a few ints per batch), so that
         # a seed gives the batches that PyG's DataLoader over the molecules would give.
-        order = DataLoader(range(len(self.rows)), self.batch_size, shuffle=self.shuffle, generator=self.generator)
+        # (a range is a map-style dataset to the DataLoader; torch's annotation asks for a Dataset)
+        order: DataLoader[int] = DataLoader(
+            range(len(self.rows)), self.batch_size, shuffle=self.shuffle, generator=self.generator  # type: ignore[arg-type]
+        )
         for positions in order:
             yield self.batch(self.rows[positions.to(self.rows.device)])
 

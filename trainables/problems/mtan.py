@@ -83,6 +83,8 @@ class MTANShared(SegNetEncoderDecoder):
 class MTANTaskHead(nn.Module):
     """One task's attention branch over the shared features, then its prediction layers."""
 
+    shared: MTANShared  # set in __init__, outside the module's registry
+
     def __init__(self, shared: MTANShared, out_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         f = shared.filters
@@ -100,9 +102,9 @@ class MTANTaskHead(nn.Module):
         maps = self.shared.unpack(z)
         pre, out, up, dec = maps[0:5], maps[5:10], maps[10:15], maps[15:20]
         s = self.shared
-        a = None
+        a = pre[0]  # the first attention takes the first pre-conv map alone
         for j in range(5):
-            mask = self.encoder_att[j](pre[j] if j == 0 else torch.cat((pre[j], a), dim=1))
+            mask = self.encoder_att[j](a if j == 0 else torch.cat((pre[j], a), dim=1))
             a = F.max_pool2d(s.encoder_block_att[j](mask * out[j]), kernel_size=2, stride=2)
         for j in range(5):
             a = F.interpolate(a, size=up[j].shape[-2:], mode="bilinear", align_corners=True)

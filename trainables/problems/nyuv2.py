@@ -445,7 +445,8 @@ def init_like_mtan(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_normal_(m.weight)
-            nn.init.constant_(m.bias, 0.0)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0.0)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1.0)
             nn.init.constant_(m.bias, 0.0)
@@ -638,7 +639,7 @@ class NYUv2(Problem):
             from trainables.problems.mtan import MTANShared, MTANTaskHead
 
             shared = MTANShared(o["filters"])
-            heads = {t: MTANTaskHead(shared, n, o["dropout"]) for t, n in outs.items()}
+            heads: dict[str, nn.Module] = {t: MTANTaskHead(shared, n, o["dropout"]) for t, n in outs.items()}
             heads["normal"] = nn.Sequential(heads["normal"], UnitNormal())
             return MTLModel(shared, heads)
         if backbone is None:

@@ -198,10 +198,10 @@ def subset_split(split: Mapping[str, np.ndarray], subset: int) -> dict[str, np.n
 
 @functools.lru_cache(maxsize=1)
 def _rdkit() -> Any:
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
     from rdkit.Chem import rdDetermineBonds
 
-    RDLogger.DisableLog("rdApp.*")
+    rdBase.DisableLog("rdApp.*")  # what RDLogger.DisableLog re-exports (rdkit's stubs miss the re-export)
     return Chem, rdDetermineBonds
 
 

@@ -119,6 +119,7 @@ class Trainer:
         step_every = int(self.config["lr_step_every"])
         #: Steps on the epoch's validation score (after validation), not once per epoch before it.
         self.on_plateau = self.config["lr_schedule"] == "plateau"
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
         if self.on_plateau:
             # Nash-MTL's QM9 trainer (experiments/quantum_chemistry/trainer.py): ReduceLROnPlateau(mode="min",
             # factor=0.7, patience=5, min_lr=1e-5) stepped on the validation Δm (lower is better). The score
@@ -409,14 +410,14 @@ class Trainer:
         extra = None if self._heads_loss is None else self._heads_loss.extra_loss(losses)
         (heads_loss if extra is None else heads_loss + extra).backward()
 
-    def task_losses(self, model: torch.nn.Module, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def task_losses(self, model: MTLModel, inputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The task losses (T,) of ``model`` (this trainer's or a copy of it) on one batch."""
         return self._losses(self.forward(model, inputs), targets)
 
     def _losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([self.problem.loss(t, outputs[t], targets[t]) for t in self.tasks])
 
-    def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, model: MTLModel, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Head outputs of ``model``, through the method's per-task representations if any."""
         z = model.encode(inputs)
         return model.decode(z, self._representations(z))
@@ -487,11 +488,11 @@ class Trainer:
         metrics: dict[str, float] = {"train/lr": self.optimizer.param_groups[0]["lr"]}
         metrics.update(self.train_epoch())
         self.epoch += 1
-        if self.scheduler is not None and not self.on_plateau:
+        if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         val = self.evaluate("val")
         score = self.problem.score(val, self.method.trained_tasks())
-        if self.on_plateau:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # (on_plateau)
             self.scheduler.step(-score)
         metrics.update(flatten("val", val))
         metrics["val/score"] = score

@@ -91,7 +91,7 @@ def parse_potentials(raw: str, task_names: Sequence[str]) -> list[float | None]:
     if not parts:
         return [None] * len(task_names)
     if all("=" in p for p in parts):
-        pairs = [tuple(s.strip() for s in p.split("=", 1)) for p in parts]
+        pairs = [(key.strip(), value.strip()) for key, value in (p.split("=", 1) for p in parts)]
         named = dict(pairs)
         if len(named) != len(pairs):
             raise ConfigError(f"amtl.potentials names a task twice: {raw!r}")
@@ -144,6 +144,14 @@ class AMTL(ObservesKPIs, LogLossWeighting):
         "margin": Hyperparameter(0.05, float, "given potentials are multiplied by 1 + margin (>= 0; official 0.05)"),
         "update": Hyperparameter("epoch", str, "when KPIs update the weights: 'epoch' (official cadence) or 'step'"),
     }
+
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    potential: torch.Tensor
+    kpi_ema: torch.Tensor
+    loss_ema: torch.Tensor
+    kpi_sum: torch.Tensor
+    kpi_count: torch.Tensor
+    task_weights: torch.Tensor
 
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)

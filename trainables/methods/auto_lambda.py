@@ -42,7 +42,7 @@ from trainables.methods.base import Hyperparameter, LossWeighting
 from trainables.methods.capabilities import LooksAhead, StepContext
 from trainables.methods.buffer_adam import adam_step
 from trainables.methods.properties import Property
-from trainables.problems.base import TaskSpec
+from trainables.problems.base import MTLModel, TaskSpec
 from trainables.search_range import SearchRange
 
 
@@ -64,6 +64,12 @@ class AutoLambda(LooksAhead, LossWeighting):
         "init_weight": Hyperparameter(0.1, float, "initial task weight (`002` A.6: 0.1)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    weights: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    adam_steps: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not (math.isfinite(self.params["aux_lr_scale"]) and self.params["aux_lr_scale"] > 0):
@@ -72,7 +78,7 @@ class AutoLambda(LooksAhead, LossWeighting):
         self.register_buffer("exp_avg", torch.zeros(self.n_tasks))
         self.register_buffer("exp_avg_sq", torch.zeros(self.n_tasks))
         self.register_buffer("adam_steps", torch.zeros((), dtype=torch.long))
-        self._shadow: list[torch.nn.Module] = []  # the look-ahead copy (a list: not a submodule)
+        self._shadow: list[MTLModel] = []  # the look-ahead copy (a list: not a submodule)
         self.meta_lr = self.params["aux_lr_scale"] * 1e-3
 
     def configure(self, config: Mapping[str, Any]) -> None:
@@ -108,11 +114,11 @@ class AutoLambda(LooksAhead, LossWeighting):
         # 2. gradient of the primary tasks' validation loss at theta'
         val_inputs, val_targets = ctx.next_val_batch()
         val_loss = ctx.task_losses(shadow, val_inputs, val_targets).sum()
-        d_model = torch.autograd.grad(val_loss, shadow_params, allow_unused=True)
-        d_model = [torch.zeros_like(q) if d is None else d for q, d in zip(shadow_params, d_model)]
+        raw = torch.autograd.grad(val_loss, shadow_params, allow_unused=True)
+        d_model = [torch.zeros_like(q) if d is None else d for q, d in zip(shadow_params, raw)]
 
         # 3. finite-difference second-order term
-        norm = torch.sqrt(sum((d.double() ** 2).sum() for d in d_model))
+        norm = torch.sqrt(sum(((d.double() ** 2).sum() for d in d_model), torch.zeros((), dtype=torch.float64)))
         if not torch.isfinite(norm) or norm == 0:
             return
         eps = float(0.01 / norm)

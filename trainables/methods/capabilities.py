@@ -28,20 +28,21 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
-from torch import nn
+
+from trainables.problems.base import MTLModel
 
 
 @dataclass
 class StepContext:
     """What a method that takes its own look-ahead step (Auto-Lambda) gets before each step."""
 
-    model: nn.Module
+    model: MTLModel
     inputs: torch.Tensor
     targets: Mapping[str, torch.Tensor]
     #: The next validation batch (cycling through the validation split).
     next_val_batch: Callable[[], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
     #: Task losses (T,) of a model (the trainer's or a copy) on a batch.
-    task_losses: Callable[[nn.Module, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+    task_losses: Callable[[MTLModel, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
     optimizer: torch.optim.Optimizer
 
 

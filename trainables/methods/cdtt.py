@@ -138,6 +138,12 @@ class CDTT(GramianWeighting):
         "solver": Hyperparameter("exact", str, "min-norm solver of the central direction: exact, fw (reference), pgd"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    norm_window: torch.Tensor
+    iterations: torch.Tensor
+    prev_window_sum: torch.Tensor
+    has_prev: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         alpha = self.params["alpha"]

@@ -81,6 +81,10 @@ class DBMTL(AddsHeadsLoss, GradientAggregator):
         "beta_sigma": Hyperparameter(0.0, float, "decay exponent of beta: beta / t^beta_sigma (>= 0)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    grad_buffer: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not 0.0 <= self.params["beta"] < 1.0:

@@ -89,6 +89,11 @@ class DynamicTaskPrioritization(ObservesKPIs, LogLossWeighting):
         "alpha": Hyperparameter(0.1, float, "moving-average weight of the newest KPI (and loss), in (0, 1]"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    loss_ema: torch.Tensor
+    steps: torch.Tensor
+    kpi_ema: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         gamma, alpha = self.params["gamma"], self.params["alpha"]

@@ -46,6 +46,12 @@ class DynamicWeightAverage(LossWeighting):
         "temperature": Hyperparameter(2.0, float, "softmax temperature T of the loss ratios (> 0; paper: 2)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    epoch_losses: torch.Tensor
+    epochs_seen: torch.Tensor
+    ratios: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         temp = self.params["temperature"]

@@ -88,6 +88,12 @@ class FAMO(ActsAfterStep, LossWeighting):
         "min_loss": Hyperparameter(0.0, float, "lower bound L* of every task loss (official min_losses; toy: -21)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    logits: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    adam_steps: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         gamma, w_lr, min_loss = self.params["gamma"], self.params["w_lr"], self.params["min_loss"]

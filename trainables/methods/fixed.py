@@ -48,6 +48,9 @@ class FixedWeights(LossWeighting):
         "weights": Hyperparameter("", str, "comma-separated weights in task order, or TASK=w pairs"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    weights: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not self.params["weights"]:

@@ -95,6 +95,11 @@ class GradNorm(GradientAggregator):
         "w_lr": Hyperparameter(0.025, float, "learning rate of the loss weights (> 0)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    loss_weights: torch.Tensor
+    initial_losses: torch.Tensor
+    started: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not self.params["alpha"] >= 0.0:
@@ -109,8 +114,8 @@ class GradNorm(GradientAggregator):
     def _reset_diagnostics(self) -> None:
         self._steps = 0
         self._grad_loss = 0.0
-        self._invalid = 0
-        self._clamped = 0
+        self._invalid = 0.0
+        self._clamped = 0.0
 
     def aggregate(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grads = grads.detach()

@@ -97,6 +97,9 @@ class GradVac(GradientAggregator):
         "seed": Hyperparameter(-1, int, SEED_HELP),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    targets: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not 0.0 < self.params["beta"] <= 1.0:

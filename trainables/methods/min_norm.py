@@ -149,7 +149,7 @@ def _active_set(gram: np.ndarray, w: np.ndarray, max_iter: int) -> np.ndarray:
             if outside.size == 0:
                 return w
             j = outside[np.argmin(grad[outside])]
-            if grad[j] >= value - _OPT_TOL * max(1.0, abs(value)):
+            if grad[j] >= value - _OPT_TOL * max(1.0, abs(float(value))):
                 return w  # KKT: no vertex improves the objective
             in_support[j] = True
             continue

@@ -90,6 +90,11 @@ class MoCo(GradientAggregator):
         "grad_norm": Hyperparameter("none", str, "track 'none' (raw gradients, paper) or 'loss' (g/||g|| L, LibMTL)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    tracked: torch.Tensor
+    lambd: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         p = self.params

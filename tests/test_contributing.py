@@ -18,6 +18,7 @@ from test_contracts import (
     check_edge_cases,
     check_nan_losses_raise_diverged,
     check_toy_run_and_exact_resume,
+    check_toy_run_at_feature_level_with_a_negative_loss,
     registered,  # noqa: F401 (the fixture that registers a method for one test)
 )
 from test_method_docs import REFERENCES, reference_short_names, shape_problems
@@ -48,6 +49,7 @@ def test_the_example_method_meets_every_contract(example_module, registered):  #
     check_edge_cases(cls)
     check_checkpoint_round_trip(cls)
     check_toy_run_and_exact_resume(cls.name)
+    check_toy_run_at_feature_level_with_a_negative_loss(cls.name)  # a gradient aggregator
     check_nan_losses_raise_diverged(cls.name)
     assert shape_problems(example_module.__doc__, reference_short_names(REFERENCES.read_text())) == []
 

@@ -2,7 +2,9 @@
 
 Properties from the papers and hand-worked numbers: loss-scale invariance (UW-O, SI), the
 geometric-mean derivative (GLS), MTAN's DWA formula, RLW's sampling, DTP's focal ordering
-(real KPIs and the loss surrogate), FAMO's update direction, its Adam update and `002` App. A.4 Prop. 6.
+(real KPIs and the loss surrogate), FAMO's update direction, its Adam update and `002` App. A.4 Prop. 6. What every method must
+meet (finite on edge-case losses, ∂total/∂L == w in float32 and float64, exact resume) is
+checked for all of them by ``test_contracts.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from conftest import combine_with_grad, f64
 from conftest import make_tasks as _tasks
 from trainables.errors import ConfigError
 from trainables.methods import build_method
@@ -23,22 +26,6 @@ from trainables.methods.dtp import DynamicTaskPrioritization, dtp_kpi_weights, d
 from trainables.methods.famo import FAMO, softmax_vjp
 from trainables.problems import build_problem
 from trainables.trainer import Trainer
-
-
-ALL = ["uw_o", "dwa", "rlw_normal", "rlw_dirichlet", "si", "gls", "dtp", "famo"]
-DETERMINISTIC = ["uw_o", "dwa", "si", "gls", "dtp", "famo"]
-
-
-def _losses(*values: float) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def _weights_and_loss_grad(method, losses: torch.Tensor):
-    """(total, weights, d total / d L) of one combine call."""
-    leaf = losses.clone().requires_grad_(True)
-    total, weights = method.combine(leaf)
-    (grad,) = torch.autograd.grad(total, leaf)
-    return total.detach(), weights, grad
 
 
 class TinyMTL(nn.Module):
@@ -69,20 +56,8 @@ def _combined_grad(method, model: TinyMTL, scales=(1.0, 1.0)) -> torch.Tensor:
     return model.grad_of(total)
 
 
-# ============================================================================ all methods
-@pytest.mark.parametrize("name", ALL)
-def test_trainer_runs_on_toy_without_nan(name):
-    """Two short epochs on the CAGrad toy: every metric finite, weights logged."""
-    trainer = Trainer(build_problem("toy"), {"method": name, "steps_per_epoch": 5, "device": "cpu"})
-    history = list(trainer.fit(2))
-    assert len(history) == 2
-    for metrics in history:
-        assert "weight/f1" in metrics and "weight/f2" in metrics
-        bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-        assert not bad
-
-
-@pytest.mark.parametrize("name", DETERMINISTIC)
+# ============================================================================ `002` App. A.4
+@pytest.mark.parametrize("name", ["uw_o", "dwa", "si", "gls", "dtp", "famo"])  # the deterministic ones
 @pytest.mark.parametrize("value", [0.3, 2.5])
 def test_equal_losses_give_equal_weights(name, value):
     """`002` App. A.4: two symmetric tasks with equal losses get equal weights."""
@@ -90,66 +65,15 @@ def test_equal_losses_give_equal_weights(name, value):
     if name == "dwa":  # DWA needs two epochs of history; give it equal (and unequal-per-epoch) losses
         method.end_epoch(torch.tensor([value, value]))
         method.end_epoch(torch.tensor([value / 2, value / 2]))
-    _, weights = method.combine(_losses(value, value))
+    _, weights = method.combine(f64(value, value))
     assert weights[0].item() == pytest.approx(weights[1].item(), rel=1e-12)
     assert weights[0].item() > 0
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", ALL)
-def test_weights_are_the_derivative_of_the_total(name, dtype):
-    """The weights reported are those applied: d total / d L_t = w_t (in the losses' dtype)."""
-    method = build_method(name, _tasks(3))
-    if name == "dwa":
-        method.end_epoch(torch.tensor([1.0, 2.0, 3.0]))
-        method.end_epoch(torch.tensor([0.9, 1.0, 2.9]))
-    _, weights, grad = _weights_and_loss_grad(method, _losses(0.4, 1.7, 3.2).to(dtype))
-    assert weights.dtype == dtype and not weights.requires_grad
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(grad, weights, rtol=tol, atol=tol)
-
-
-def _edge_cases():
-    rng = np.random.default_rng(0)
-    big = rng.uniform(1e-3, 10.0, size=11)
-    big[3], big[7] = 1e-12, 1e6
-    return {
-        "all_zero": [0.0, 0.0],
-        "one_zero": [0.0, 1.5],
-        "negative": [-3.0, 2.0],
-        "all_negative": [-1.0, -2.0],
-        "eleven_random": big.tolist(),
-        "eleven_zero": [0.0] * 11,
-    }
-
-
-@pytest.mark.parametrize("case", list(_edge_cases()))
-@pytest.mark.parametrize("name", ALL)
-def test_edge_cases_stay_finite(name, case):
-    """Zero losses, a negative loss, T=11 with tiny and huge losses: finite total, weights, gradients, updates."""
-    values = _edge_cases()[case]
-    t = len(values)
-    method = build_method(name, _tasks(t))
-    losses = _losses(*values)
-    if name == "dwa":
-        method.end_epoch(losses.float())
-        method.end_epoch((losses * 0.5).float())
-        method.end_epoch(losses.float())
-    for _ in range(3):
-        total, weights, grad = _weights_and_loss_grad(method, losses)
-        assert torch.isfinite(total) and torch.isfinite(weights).all() and torch.isfinite(grad).all()
-        assert (weights >= 0).all()
-        if isinstance(method, ActsAfterStep):
-            method.after_step(losses, losses * 0.5)
-    assert all(math.isfinite(v) for v in method.epoch_diagnostics().values())
-    if name == "famo":
-        assert torch.isfinite(method.logits).all()
 
 
 # ============================================================================ uw_o
 def test_uw_o_hand_worked():
     """w_t = 1/L_t, every weighted loss is 1 (`003` eq. 2)."""
-    total, weights, _ = _weights_and_loss_grad(build_method("uw_o", _tasks(2)), _losses(0.5, 4.0))
+    total, weights, _ = combine_with_grad(build_method("uw_o", _tasks(2)), f64(0.5, 4.0))
     assert weights.tolist() == pytest.approx([2.0, 0.25], rel=1e-7)
     assert total.item() == pytest.approx(2.0, rel=1e-7)
 
@@ -185,8 +109,8 @@ def test_uw_o_and_si_have_the_same_gradient():
 def test_negative_loss_gets_zero_weight_and_is_counted(name):
     """Outside the log / 1/L domain: weight 0, counted in epoch diagnostics, then reset."""
     method = build_method(name, _tasks(2))
-    _, weights = method.combine(_losses(-1.0, 2.0))
-    method.combine(_losses(-0.5, 2.0))
+    _, weights = method.combine(f64(-1.0, 2.0))
+    method.combine(f64(-0.5, 2.0))
     assert weights[0].item() == 0.0 and weights[1].item() > 0
     assert method.epoch_diagnostics()["negative_losses"] == 2.0
     assert method.epoch_diagnostics()["negative_losses"] == 0.0
@@ -195,7 +119,7 @@ def test_negative_loss_gets_zero_weight_and_is_counted(name):
 # ============================================================================ si
 def test_si_hand_worked():
     """total = sum log L_t, weights 1/L_t."""
-    total, weights, _ = _weights_and_loss_grad(build_method("si", _tasks(2)), _losses(0.5, 4.0))
+    total, weights, _ = combine_with_grad(build_method("si", _tasks(2)), f64(0.5, 4.0))
     assert total.item() == pytest.approx(math.log(0.5) + math.log(4.0), rel=1e-7)
     assert weights.tolist() == pytest.approx([2.0, 0.25], rel=1e-7)
 
@@ -210,7 +134,7 @@ def test_si_hand_worked():
 )
 def test_gls_hand_worked(values, total, weights):
     """GLS = (prod L)^(1/T), w_t = GLS / (T L_t)."""
-    got_total, got_weights, _ = _weights_and_loss_grad(build_method("gls", _tasks(len(values))), _losses(*values))
+    got_total, got_weights, _ = combine_with_grad(build_method("gls", _tasks(len(values))), f64(*values))
     assert got_total.item() == pytest.approx(total, rel=1e-7)
     assert got_weights.tolist() == pytest.approx(weights, rel=1e-7)
 
@@ -228,7 +152,7 @@ def test_gls_gradient_is_weighted_sum_of_task_gradients():
 
 def test_gls_leaves_out_a_negative_loss():
     """A negative loss has no place in a geometric mean: GLS runs over the other tasks."""
-    total, weights, _ = _weights_and_loss_grad(build_method("gls", _tasks(3)), _losses(-1.0, 4.0, 9.0))
+    total, weights, _ = combine_with_grad(build_method("gls", _tasks(3)), f64(-1.0, 4.0, 9.0))
     assert total.item() == pytest.approx(6.0, rel=1e-7)
     assert weights.tolist() == pytest.approx([0.0, 6 / (2 * 4), 6 / (2 * 9)], rel=1e-7)
 
@@ -236,7 +160,7 @@ def test_gls_leaves_out_a_negative_loss():
 def test_gls_no_overflow_with_eleven_large_losses():
     """Computed in log space: eleven losses of 1e30 give GLS 1e30, not inf."""
     losses = torch.full((11,), 1e30, dtype=torch.float32)
-    total, weights, _ = _weights_and_loss_grad(build_method("gls", _tasks(11)), losses)
+    total, weights, _ = combine_with_grad(build_method("gls", _tasks(11)), losses)
     assert total.item() == pytest.approx(1e30, rel=1e-4)
     assert weights.tolist() == pytest.approx([1 / 11] * 11, rel=1e-4)
 
@@ -245,9 +169,9 @@ def test_gls_no_overflow_with_eleven_large_losses():
 def test_dwa_first_two_epochs_use_unit_weights():
     """MTAN: weights 1 until two epochs of losses are known."""
     method = build_method("dwa", _tasks(2))
-    assert method.combine(_losses(1.0, 5.0))[1].tolist() == [1.0, 1.0]
+    assert method.combine(f64(1.0, 5.0))[1].tolist() == [1.0, 1.0]
     method.end_epoch(torch.tensor([1.0, 2.0]))
-    assert method.combine(_losses(1.0, 5.0))[1].tolist() == [1.0, 1.0]
+    assert method.combine(f64(1.0, 5.0))[1].tolist() == [1.0, 1.0]
     assert method.epoch_diagnostics() == {}
 
 
@@ -258,7 +182,7 @@ def test_dwa_hand_worked_after_two_epochs():
     method.end_epoch(torch.tensor([0.5, 1.8]))
     e0, e1 = math.exp(0.5 / 2), math.exp(0.9 / 2)
     expected = [2 * e0 / (e0 + e1), 2 * e1 / (e0 + e1)]
-    total, weights = method.combine(_losses(3.0, 1.0))
+    total, weights = method.combine(f64(3.0, 1.0))
     assert weights.tolist() == pytest.approx(expected, rel=1e-6)  # about (0.9003, 1.0997)
     assert total.item() == pytest.approx(3 * expected[0] + expected[1], rel=1e-6)
     assert sum(weights.tolist()) == pytest.approx(2.0)
@@ -273,17 +197,7 @@ def test_dwa_uses_the_last_two_epochs_and_temperature():
         method.end_epoch(torch.tensor(losses))
     r = np.array([0.5, 0.25, 1.0])
     expected = 3 * np.exp(r) / np.exp(r).sum()
-    np.testing.assert_allclose(method.combine(_losses(1.0, 1.0, 1.0))[1].numpy(), expected, rtol=1e-6)
-
-
-def test_dwa_state_is_checkpointed():
-    """The epoch history lives in buffers: a reloaded DWA applies the same weights."""
-    method = build_method("dwa", _tasks(2))
-    method.end_epoch(torch.tensor([1.0, 2.0]))
-    method.end_epoch(torch.tensor([0.5, 1.8]))
-    fresh = build_method("dwa", _tasks(2))
-    fresh.load_state_dict(method.state_dict())
-    assert fresh.combine(_losses(1.0, 1.0))[1].tolist() == method.combine(_losses(1.0, 1.0))[1].tolist()
+    np.testing.assert_allclose(method.combine(f64(1.0, 1.0, 1.0))[1].numpy(), expected, rtol=1e-6)
 
 
 def test_dwa_in_trainer_third_epoch_follows_logged_losses():
@@ -347,16 +261,11 @@ def test_rlw_dirichlet_distribution():
     assert w.mean(axis=0) == pytest.approx([1.0, 1.0], abs=0.03)
 
 
-def test_rlw_weights_on_loss_device_and_dtype():
-    _, w = build_method("rlw_normal", _tasks(2)).combine(_losses(1.0, 2.0))
-    assert w.dtype == torch.float64
-
-
 # ============================================================================ dtp
 def test_dtp_hand_worked_first_step():
     """First step: EMA = L, kappa = exp(-L), w = -(1-kappa)^2 log kappa = (1 - e^-L)^2 L."""
     method = build_method("dtp", _tasks(2))
-    _, weights = method.combine(_losses(0.5, 2.0))
+    _, weights = method.combine(f64(0.5, 2.0))
     expected = [(1 - math.exp(-0.5)) ** 2 * 0.5, (1 - math.exp(-2.0)) ** 2 * 2.0]
     assert weights.tolist() == pytest.approx(expected, rel=1e-9)
     diag = method.epoch_diagnostics()
@@ -366,8 +275,8 @@ def test_dtp_hand_worked_first_step():
 def test_dtp_moving_average():
     """Second step: EMA = alpha L2 + (1 - alpha) L1, here alpha = 0.25, gamma = 1."""
     method = build_method("dtp", _tasks(2), {"alpha": "0.25", "gamma": "1"})
-    method.combine(_losses(1.0, 4.0))
-    _, weights = method.combine(_losses(3.0, 0.0))
+    method.combine(f64(1.0, 4.0))
+    _, weights = method.combine(f64(3.0, 0.0))
     ema = [0.25 * 3.0 + 0.75 * 1.0, 0.25 * 0.0 + 0.75 * 4.0]
     kappa = [math.exp(-e) for e in ema]
     expected = [-(1 - k) * math.log(k) for k in kappa]
@@ -381,18 +290,14 @@ def test_dtp_lower_kpi_gets_higher_weight(gamma):
     w = dtp_weights(levels, gamma)  # kappa = exp(-level) decreases along the grid
     assert (torch.diff(w) > 0).all()
     method = build_method("dtp", _tasks(3), {"gamma": str(gamma)})
-    _, weights = method.combine(_losses(0.2, 1.0, 3.0))
+    _, weights = method.combine(f64(0.2, 1.0, 3.0))
     assert weights[0] < weights[1] < weights[2]
 
 
 def test_dtp_gamma_zero_is_minus_log_kpi():
     """gamma = 0: FL = -log kappa = the EMA loss."""
-    _, weights = build_method("dtp", _tasks(2), {"gamma": "0"}).combine(_losses(0.7, 3.0))
+    _, weights = build_method("dtp", _tasks(2), {"gamma": "0"}).combine(f64(0.7, 3.0))
     assert weights.tolist() == pytest.approx([0.7, 3.0], rel=1e-12)
-
-
-def _kpis(*values: float) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def test_dtp_asks_for_kpis():
@@ -402,8 +307,8 @@ def test_dtp_asks_for_kpis():
 def test_dtp_kpi_hand_worked_first_step():
     """With real KPIs: w = -(1 - kappa)^gamma log kappa, whatever the losses (first KPI taken as is)."""
     method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.6, 0.9))
-    _, weights = method.combine(_losses(0.5, 2.0))
+    method.observe_kpis(f64(0.6, 0.9))
+    _, weights = method.combine(f64(0.5, 2.0))
     expected = [-(0.4**2) * math.log(0.6), -(0.1**2) * math.log(0.9)]
     assert weights.tolist() == pytest.approx(expected, rel=1e-12)
     diag = method.epoch_diagnostics()
@@ -413,10 +318,10 @@ def test_dtp_kpi_hand_worked_first_step():
 def test_dtp_kpi_moving_average_uses_alpha():
     """kappa_bar = alpha kappa + (1 - alpha) kappa_bar (paper §3), alpha = 0.25, gamma = 1."""
     method = build_method("dtp", _tasks(2), {"alpha": "0.25", "gamma": "1"})
-    method.observe_kpis(_kpis(0.4, 0.2))
-    method.combine(_losses(1.0, 1.0))
-    method.observe_kpis(_kpis(0.8, 0.6))
-    _, weights = method.combine(_losses(1.0, 1.0))
+    method.observe_kpis(f64(0.4, 0.2))
+    method.combine(f64(1.0, 1.0))
+    method.observe_kpis(f64(0.8, 0.6))
+    _, weights = method.combine(f64(1.0, 1.0))
     kbar = [0.25 * 0.8 + 0.75 * 0.4, 0.25 * 0.6 + 0.75 * 0.2]
     assert method.kpi_ema.tolist() == pytest.approx(kbar, rel=1e-12)
     assert weights.tolist() == pytest.approx([-(1 - k) * math.log(k) for k in kbar], rel=1e-12)
@@ -428,16 +333,16 @@ def test_dtp_lower_real_kpi_gets_higher_weight_even_with_a_lower_loss(gamma):
     kappa = torch.linspace(0.001, 0.999, 300, dtype=torch.float64)
     assert (torch.diff(dtp_kpi_weights(kappa, gamma)) < 0).all()
     method = build_method("dtp", _tasks(3), {"gamma": str(gamma)})
-    method.observe_kpis(_kpis(0.3, 0.6, 0.9))
-    _, weights = method.combine(_losses(0.1, 1.0, 5.0))
+    method.observe_kpis(f64(0.3, 0.6, 0.9))
+    _, weights = method.combine(f64(0.1, 1.0, 5.0))
     assert weights[0] > weights[1] > weights[2]
 
 
 def test_dtp_nan_kpi_falls_back_to_the_loss_surrogate():
     """A task whose KPI is NaN uses kappa = exp(-EMA loss); the other its real KPI."""
     method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.7, math.nan))
-    _, weights = method.combine(_losses(0.5, 2.0))
+    method.observe_kpis(f64(0.7, math.nan))
+    _, weights = method.combine(f64(0.5, 2.0))
     assert weights[0].item() == pytest.approx(-(0.3**2) * math.log(0.7), rel=1e-12)
     assert weights[1].item() == pytest.approx((1 - math.exp(-2.0)) ** 2 * 2.0, rel=1e-12)
     assert method.epoch_diagnostics()["kappa/t1"] == pytest.approx(math.exp(-2.0))
@@ -445,10 +350,10 @@ def test_dtp_nan_kpi_falls_back_to_the_loss_surrogate():
 
 def test_dtp_kpi_missing_in_one_step_keeps_its_smoothed_value():
     method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.5, 0.5))
-    method.combine(_losses(1.0, 1.0))
-    method.observe_kpis(_kpis(math.nan, 0.9))
-    _, weights = method.combine(_losses(1.0, 1.0))
+    method.observe_kpis(f64(0.5, 0.5))
+    method.combine(f64(1.0, 1.0))
+    method.observe_kpis(f64(math.nan, 0.9))
+    _, weights = method.combine(f64(1.0, 1.0))
     assert method.kpi_ema[0].item() == 0.5
     assert weights[0].item() == pytest.approx(-(0.5**2) * math.log(0.5), rel=1e-12)
 
@@ -456,48 +361,30 @@ def test_dtp_kpi_missing_in_one_step_keeps_its_smoothed_value():
 def test_dtp_equal_kpis_and_losses_give_equal_weights():
     """`002` App. A.4 with real KPIs."""
     method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.35, 0.35))
-    _, weights = method.combine(_losses(1.3, 1.3))
+    method.observe_kpis(f64(0.35, 0.35))
+    _, weights = method.combine(f64(1.3, 1.3))
     assert weights[0].item() == weights[1].item() > 0
 
 
-def test_dtp_kpi_edges_are_finite():
-    """KPI 0 (reference guard log(k + 1e-20): weight ~46), KPI 1 (weight 0), eleven tasks."""
+def test_dtp_kpi_edges_hand_worked():
+    """KPI 0 (reference guard log(k + 1e-20): weight -log(1e-20) ~ 46), KPI 1 (weight 0)."""
     method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.0, 1.0))
-    _, weights, grad = _weights_and_loss_grad(method, _losses(0.0, 3.0))
+    method.observe_kpis(f64(0.0, 1.0))
+    _, weights, grad = combine_with_grad(method, f64(0.0, 3.0))
     assert weights.tolist() == pytest.approx([-math.log(1e-20), 0.0])
     assert torch.isfinite(grad).all()
-    g = torch.Generator().manual_seed(0)
-    method = build_method("dtp", _tasks(11))
-    kpis = torch.rand(11, generator=g, dtype=torch.float64)
-    kpis[2], kpis[5], kpis[7] = 0.0, 1.0, math.nan
-    for _ in range(3):
-        method.observe_kpis(kpis)
-        _, weights, grad = _weights_and_loss_grad(method, _losses(*([0.0] * 5 + [1e6] * 6)))
-        assert torch.isfinite(weights).all() and (weights >= 0).all() and torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_dtp_rejects_kpis_outside_unit_interval(bad):
     with pytest.raises(ValueError, match="KPIs"):
-        build_method("dtp", _tasks(2)).observe_kpis(_kpis(0.5, bad))
-
-
-def test_dtp_kpi_state_is_checkpointed():
-    method = build_method("dtp", _tasks(2))
-    method.observe_kpis(_kpis(0.3, math.nan))
-    method.combine(_losses(1.0, 2.0))
-    restored = build_method("dtp", _tasks(2))
-    restored.load_state_dict(method.state_dict())
-    assert restored.kpi_ema[0].item() == 0.3 and math.isnan(restored.kpi_ema[1].item())
-    assert torch.equal(restored.combine(_losses(1.0, 2.0))[1], method.combine(_losses(1.0, 2.0))[1])
+        build_method("dtp", _tasks(2)).observe_kpis(f64(0.5, bad))
 
 
 def test_dtp_loads_a_checkpoint_from_before_kpis():
     """A state dict without ``kpi_ema`` (older DTP) loads as 'no KPI seen yet'."""
     method = build_method("dtp", _tasks(2))
-    method.combine(_losses(1.0, 2.0))
+    method.combine(f64(1.0, 2.0))
     old = {k: v for k, v in method.state_dict().items() if k != "kpi_ema"}
     restored = build_method("dtp", _tasks(2))
     restored.load_state_dict(old)
@@ -533,7 +420,7 @@ def test_dtp_rejects_bad_parameters(params, match):
 # ============================================================================ famo
 def test_famo_initial_weights_are_normalized_inverse_losses():
     """xi = 0: z = 1/T, c = sum z/L, w_t = z_t/(c L_t) = (1/L_t) / sum(1/L); they sum to 1."""
-    total, weights, _ = _weights_and_loss_grad(build_method("famo", _tasks(2)), _losses(1.0, 3.0))
+    total, weights, _ = combine_with_grad(build_method("famo", _tasks(2)), f64(1.0, 3.0))
     assert weights.tolist() == pytest.approx([0.75, 0.25], rel=1e-7)
     c = 0.5 / 1.0 + 0.5 / 3.0
     assert total.item() == pytest.approx((0.5 * math.log(1.0) + 0.5 * math.log(3.0)) / c, rel=1e-7)
@@ -578,9 +465,9 @@ def test_famo_update_matches_official_adam_update():
 def test_famo_task_that_decreased_less_gains_weight():
     """Task 1's loss fell less (1 -> 0.9) than task 0's (1 -> 0.5): its logit and weight grow."""
     method = build_method("famo", _tasks(2))
-    _, before = method.combine(_losses(1.0, 1.0))
-    method.after_step(_losses(1.0, 1.0), _losses(0.5, 0.9))
-    _, after = method.combine(_losses(1.0, 1.0))
+    _, before = method.combine(f64(1.0, 1.0))
+    method.after_step(f64(1.0, 1.0), f64(0.5, 0.9))
+    _, after = method.combine(f64(1.0, 1.0))
     assert method.logits[1] > 0 > method.logits[0]
     assert after[1] > before[1] and after[0] < before[0]
 
@@ -622,13 +509,13 @@ def test_famo_state_dict_restores_logits_and_adam_moments():
     """Logits and Adam state are in the state_dict: a reloaded FAMO continues identically."""
     method = build_method("famo", _tasks(3))
     for k in range(4):
-        method.after_step(_losses(1.0, 2.0, 3.0), _losses(0.9, 1.0 + 0.1 * k, 2.9))
+        method.after_step(f64(1.0, 2.0, 3.0), f64(0.9, 1.0 + 0.1 * k, 2.9))
     state = method.state_dict()
     assert {"logits", "exp_avg", "exp_avg_sq", "adam_steps"} <= set(state)
     fresh = build_method("famo", _tasks(3))
     fresh.load_state_dict(state)
     for m in (method, fresh):
-        m.after_step(_losses(1.0, 1.0, 1.0), _losses(0.5, 0.7, 0.9))
+        m.after_step(f64(1.0, 1.0, 1.0), f64(0.5, 0.7, 0.9))
     assert torch.equal(fresh.logits, method.logits)
     assert list(method.parameters()) == []  # nothing for the main optimizer
 
@@ -636,25 +523,25 @@ def test_famo_state_dict_restores_logits_and_adam_moments():
 def test_famo_min_loss_handles_negative_losses():
     """With the bound L* = -21 (official toy), negative losses are inside the domain."""
     method = build_method("famo", _tasks(2), {"min_loss": "-21"})
-    _, weights = method.combine(_losses(-5.0, 3.0))
+    _, weights = method.combine(f64(-5.0, 3.0))
     d = np.array([16.0, 24.0])
     assert weights.tolist() == pytest.approx(((1 / d) / (1 / d).sum()).tolist(), rel=1e-7)
     assert method.epoch_diagnostics()["losses_below_min"] == 0.0
-    _, weights = build_method("famo", _tasks(2)).combine(_losses(-5.0, 3.0))
+    _, weights = build_method("famo", _tasks(2)).combine(f64(-5.0, 3.0))
     assert weights[0].item() == 0.0 and weights[1].item() == pytest.approx(1.0)
 
 
 def test_famo_task_below_bound_is_left_out_of_the_logit_update():
     """A task whose loss is below L* before or after the step gets delta = 0 (no log-decrease)."""
     method = build_method("famo", _tasks(3))
-    method.after_step(_losses(1.0, 1.0, -1.0), _losses(0.5, 0.9, -2.0))
+    method.after_step(f64(1.0, 1.0, -1.0), f64(0.5, 0.9, -2.0))
     reference = build_method("famo", _tasks(3))
     z = reference.task_weights()
     delta = torch.tensor([math.log(2.0), math.log(1 / 0.9), 0.0])
     reference._adam_step(softmax_vjp(z, delta))
     torch.testing.assert_close(method.logits, reference.logits)
     assert method.epoch_diagnostics()["losses_below_min"] == 0.0  # only combine counts
-    method.combine(_losses(1.0, -1.0, -2.0))
+    method.combine(f64(1.0, -1.0, -2.0))
     assert method.epoch_diagnostics()["losses_below_min"] == 2.0
 
 

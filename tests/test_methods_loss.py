@@ -2,9 +2,9 @@
 
 Properties from the papers and hand-worked numbers: loss-scale invariance (UW-O, SI), the
 geometric-mean derivative (GLS), MTAN's DWA formula, RLW's sampling, DTP's focal ordering
-(real KPIs and the loss surrogate), FAMO's update direction, its Adam update and `002` App. A.4 Prop. 6. What every method must
-meet (finite on edge-case losses, ∂total/∂L == w in float32 and float64, exact resume) is
-checked for all of them by ``test_contracts.py``.
+(real KPIs and the loss surrogate), FAMO's update direction, its Adam update and `002` App. A.4 Prop. 6.
+What every method must meet (finite on edge-case losses, ∂total/∂L == w in float32 and
+float64, exact resume) is checked for all of them by ``test_contracts.py``.
 """
 
 from __future__ import annotations

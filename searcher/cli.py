@@ -261,8 +261,8 @@ def methods_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         params = []
         for k, hp in r["hyperparameters"].items():
-            searched = f"; {SearchRange.of(hp['search']).describe()}" if hp["search"] else ""
-            params.append(f"{k}={hp['default']!r}" + (f" (searched {searched[2:]})" if searched else ""))
+            searched = f" (searched {SearchRange.of(hp['search']).describe()})" if hp["search"] else ""
+            params.append(f"{k}={hp['default']!r}{searched}")
         cells = [f"`{r['name']}`", r["core"], "yes" if r["defines_weights"] else "no",
                  ", ".join(r["capabilities"]) or "-", ", ".join(r["properties"]) or "-", "; ".join(params) or "-",
                  r["paper"]]

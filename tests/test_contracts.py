@@ -54,7 +54,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from conftest import make_tasks
+from conftest import combine_with_grad, make_tasks
 from trainables.errors import DivergedError
 from trainables.methods import METHODS, GradientAggregator, LossWeighting, Method
 from trainables.methods.capabilities import (
@@ -546,9 +546,7 @@ def _effect(method: Method, grads: torch.Tensor, losses: torch.Tensor) -> tuple[
     if isinstance(method, GradientAggregator):
         out, weights = method.aggregate(grads.clone(), losses.clone())
     else:
-        leaf = losses.clone().requires_grad_(True)
-        total, weights = method.combine(leaf)
-        (out,) = torch.autograd.grad(total, leaf)
+        _, weights, out = combine_with_grad(method, losses)
     _after(method, losses)
     return out.detach(), None if weights is None else weights.detach()
 

@@ -117,10 +117,10 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         gamma = self.config["lr_decay"]
         step_every = int(self.config["lr_step_every"])
-        #: Steps on the epoch's validation score (after validation), not once per epoch before it.
-        self.on_plateau = self.config["lr_schedule"] == "plateau"
+        # A ReduceLROnPlateau steps on the epoch's validation score (after validation, ``run_epoch``),
+        # the others once per epoch before it.
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
-        if self.on_plateau:
+        if self.config["lr_schedule"] == "plateau":
             # Nash-MTL's QM9 trainer (experiments/quantum_chemistry/trainer.py): ReduceLROnPlateau(mode="min",
             # factor=0.7, patience=5, min_lr=1e-5) stepped on the validation Δm (lower is better). The score
             # here is -Δm, so it steps on -score with mode "min": the same relative threshold (1e-4) as theirs
@@ -492,7 +492,7 @@ class Trainer:
             self.scheduler.step()
         val = self.evaluate("val")
         score = self.problem.score(val, self.method.trained_tasks())
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # (on_plateau)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(-score)
         metrics.update(flatten("val", val))
         metrics["val/score"] = score
